@@ -1,0 +1,22 @@
+"""Shared command-line plumbing: clear one-line errors instead of tracebacks for bad input."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a command's ``main``; bad input (``ValueError``, missing files) becomes ``error: ...`` and exit 2."""
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
