@@ -27,6 +27,18 @@ PHANTOM_VERSION = 1
 DEMO_PHANTOM = {"n_per_class": 60, "size": 128, "seed": 0}
 
 
+@dataclass(frozen=True)
+class TrialData:
+    """What a training run needs of a data set: decoded arrays, class indices, split names, class names.
+
+    Plain lists and NumPy arrays, so that Ray ships it through the object store (arrays read zero-copy)."""
+
+    images: list  # (H, W) uint8 arrays
+    targets: list[int]
+    splits: list[str]
+    classes: tuple[str, ...]
+
+
 @dataclass
 class PreparedData:
     """A decoded image set with its duplicate groups and its train/val/test assignment."""
@@ -44,6 +56,14 @@ class PreparedData:
 
     def indices(self, split: str) -> list[int]:
         return [i for i, s in enumerate(self.splits) if s == split]
+
+    def trial_data(self) -> TrialData:
+        return TrialData(
+            images=[r.pixels for r in self.images.records],
+            targets=self.images.targets.tolist(),
+            splits=list(self.splits),
+            classes=self.images.classes,
+        )
 
     def split_rows(self) -> list[dict[str, str]]:
         """The manifest: one row per image (path, sha256, label, group, split), sorted by path."""

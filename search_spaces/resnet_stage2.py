@@ -1,0 +1,11 @@
+"""ResNet50 in two stages: head first, then the last residual stages unfrozen at their own learning rate."""
+
+SPEC = {
+    "model": "resnet50",
+    "lr": {"loguniform": [3e-4, 3e-3]},
+    "backbone_lr": {"loguniform": [1e-5, 1e-3]},
+    "dropout": {"uniform": [0.1, 0.5]},
+    "weight_decay": {"loguniform": [1e-6, 1e-2]},
+    "unfreeze_depth": {"choice": [1, 2]},
+    "stage2_epoch": {"choice": [2, 3]},
+}

@@ -1,0 +1,200 @@
+"""Staged fine-tuning: what trains in each stage, batch-norm statistics, the optimiser's groups, and resume."""
+
+import copy
+import math
+from functools import cache
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from modules.finetune import StagedFineTuning
+from modules.lit_module import ClassifierModule
+from modules.networks import PyTorchCNN, ResNet50Classifier
+
+HEAD_LR, BACKBONE_LR = 1e-2, 1e-3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy 2-core machine extra threads cost 5x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def loader(n: int = 4, size: int = 32, batch: int = 4) -> DataLoader:
+    """Random images ``(n, 3, size, size)`` with alternating labels, in a fixed order."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(n, 3, size, size, generator=generator)
+    return DataLoader(TensorDataset(images, torch.arange(n) % 2), batch_size=batch, shuffle=False)
+
+
+@cache
+def _network() -> ResNet50Classifier:
+    torch.manual_seed(0)
+    return ResNet50Classifier(num_classes=2, dropout=0.0)
+
+
+def module(scheduler: str = "none") -> ClassifierModule:
+    """A fresh module around a copy of one seeded ResNet50 (random init, weights "none")."""
+    return ClassifierModule(network=copy.deepcopy(_network()), lr=HEAD_LR, scheduler=scheduler)
+
+
+def fit(model, callbacks, *, max_epochs: int, tmp_path, ckpt_path=None, **kwargs) -> pl.Trainer:
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        limit_train_batches=1,
+        **kwargs,
+    )
+    trainer.fit(model, loader(), ckpt_path=ckpt_path)
+    return trainer
+
+
+def snapshot(model: ClassifierModule) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.network.state_dict().items()}
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def param_names(model: ClassifierModule, prefixes: tuple[str, ...]) -> set[str]:
+    return {name for name, _ in model.network.named_parameters() if name.startswith(prefixes)}
+
+
+def group_names(model: ClassifierModule, optimizer) -> list[set[str]]:
+    names = {id(p): name for name, p in model.network.named_parameters()}
+    return [{names[id(p)] for p in group["params"]} for group in optimizer.param_groups]
+
+
+class Recorder(pl.Callback):
+    """Weights after each epoch and the optimiser's LRs at each epoch start; calls ``model.train()`` at epoch
+    start, as code outside the fine-tuning callback may, to show the frozen batch norm is put back in eval."""
+
+    def __init__(self) -> None:
+        self.states, self.lrs = {}, {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        pl_module.train()
+        self.lrs[trainer.current_epoch] = [g["lr"] for g in trainer.optimizers[0].param_groups]
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.states[trainer.current_epoch] = snapshot(pl_module)
+
+
+class SaveAt(pl.Callback):
+    def __init__(self, epoch: int, path) -> None:
+        self.epoch, self.path = epoch, path
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            trainer.save_checkpoint(self.path)
+
+
+def test_stage1_freezes_backbone_and_bn_stats_then_stage2_trains_exactly_layer4(tmp_path):
+    model, recorder = module("cosine"), Recorder()
+    initial = snapshot(model)
+    staged = StagedFineTuning(stage2_epoch=2, unfreeze_depth=1, backbone_lr=BACKBONE_LR)
+    trainer = fit(model, [staged, recorder], max_epochs=3, tmp_path=tmp_path)
+
+    head = param_names(model, ("head.",))
+    for epoch in (0, 1):  # stage 1: every backbone tensor, running statistics included, bit-for-bit unchanged
+        assert changed(initial, recorder.states[epoch]) == head
+    assert changed(recorder.states[1], recorder.states[2]) == head | param_names(model, ("backbone.layer4.",))
+    assert group_names(model, trainer.optimizers[0]) == [head, param_names(model, ("backbone.layer4.",))]
+    assert all(p.requires_grad for g in trainer.optimizers[0].param_groups for p in g["params"])
+    # the backbone group joins the cosine schedule (T_max = 3) where it stands: factor (1 + cos(2 pi / 3)) / 2
+    factor = (1 + math.cos(2 * math.pi / 3)) / 2
+    assert recorder.lrs[2] == pytest.approx([HEAD_LR * factor, BACKBONE_LR * factor])
+    assert trainer.lr_scheduler_configs[0].scheduler.base_lrs == [HEAD_LR, BACKBONE_LR]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_unfreeze_depth_trains_exactly_its_stages(tmp_path, depth):
+    model = module()
+    initial = snapshot(model)
+    staged = StagedFineTuning(
+        stage2_epoch=0, unfreeze_depth=depth, backbone_lr=BACKBONE_LR, freeze_bn_stats=False
+    )
+    trainer = fit(model, [staged], max_epochs=1, tmp_path=tmp_path)
+
+    stages = tuple(f"backbone.{name}." for name in ResNet50Classifier.stage_names(depth))
+    head, unfrozen = param_names(model, ("head.",)), param_names(model, stages)
+    assert {n for n, p in model.network.named_parameters() if p.requires_grad} == head | unfrozen
+    assert group_names(model, trainer.optimizers[0]) == [head, unfrozen]
+    assert [g["lr"] for g in trainer.optimizers[0].param_groups] == [HEAD_LR, BACKBONE_LR]
+    # without freeze_bn_stats the unfrozen stages' running statistics update too; nothing else moves
+    buffers = {k for k in initial if k.startswith(stages) and k not in unfrozen}
+    assert buffers and all(
+        k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked") for k in buffers
+    )
+    assert changed(initial, snapshot(model)) == head | unfrozen | buffers
+
+
+def test_stage2_after_last_epoch_never_unfreezes(tmp_path):
+    model = module()
+    initial = snapshot(model)
+    trainer = fit(
+        model,
+        [StagedFineTuning(stage2_epoch=5, unfreeze_depth=2, backbone_lr=1e-4)],
+        max_epochs=1,
+        tmp_path=tmp_path,
+    )
+    assert changed(initial, snapshot(model)) == param_names(model, ("head.",))
+    assert len(trainer.optimizers[0].param_groups) == 1
+
+
+def test_resume_in_stage2_matches_an_uninterrupted_run(tmp_path):
+    ckpt = tmp_path / "epoch1.ckpt"
+    model = module("cosine")
+    staged = StagedFineTuning(stage2_epoch=1, unfreeze_depth=1, backbone_lr=BACKBONE_LR)
+    fit(model, [staged, SaveAt(1, ckpt)], max_epochs=3, tmp_path=tmp_path)
+
+    resumed = module("cosine")
+    staged = StagedFineTuning(stage2_epoch=1, unfreeze_depth=1, backbone_lr=BACKBONE_LR)
+    trainer = fit(resumed, [staged], max_epochs=3, tmp_path=tmp_path, ckpt_path=ckpt)
+    head, layer4 = param_names(resumed, ("head.",)), param_names(resumed, ("backbone.layer4.",))
+    assert group_names(resumed, trainer.optimizers[0]) == [head, layer4]
+    assert changed(snapshot(model), snapshot(resumed)) == set()
+
+
+def test_resume_with_another_depth_is_refused():
+    staged = StagedFineTuning(stage2_epoch=1, unfreeze_depth=2, backbone_lr=1e-4)
+    with pytest.raises(ValueError, match="unfreeze_depth=1; cannot resume it with unfreeze_depth=2"):
+        staged.load_state_dict({"unfrozen": True, "unfreeze_depth": 1, "stage2_epoch": 1})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"stage2_epoch": -1}, "stage2_epoch must be an integer >= 0, got -1"),
+        ({"unfreeze_depth": 5}, r"unfreeze_depth must be an integer in 1..4, got 5"),
+        ({"unfreeze_depth": 0}, r"unfreeze_depth must be an integer in 1..4, got 0"),
+        ({"unfreeze_depth": 1.0}, r"unfreeze_depth must be an integer in 1..4, got 1.0"),
+        ({"backbone_lr": 0}, "backbone_lr must be a number > 0, got 0"),
+    ],
+)
+def test_arguments_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        StagedFineTuning(**{"stage2_epoch": 1, "unfreeze_depth": 1, "backbone_lr": 1e-4, **kwargs})
+
+
+def test_network_without_backbone_is_refused(tmp_path):
+    model = ClassifierModule(network=PyTorchCNN(width=4, depth=2))
+    with pytest.raises(ValueError, match="PyTorchCNN lacks"):
+        fit(
+            model,
+            [StagedFineTuning(stage2_epoch=1, unfreeze_depth=1, backbone_lr=1e-4)],
+            max_epochs=1,
+            tmp_path=tmp_path,
+        )

@@ -1,0 +1,145 @@
+"""End-to-end searches on tiny phantom data, on a local Ray started once for this module."""
+
+import csv
+import json
+
+import pytest
+import ray
+
+from modules.phantom import make_phantom
+from tuning import search
+from tuning.cli import run_main
+
+TINY = [
+    "--image-size",
+    "32",
+    "--resize",
+    "36",
+    "--batch-size",
+    "8",
+    "--no-dashboard",
+    "--cpus-per-trial",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    return make_phantom(tmp_path_factory.mktemp("phantom"), n_per_class=14, size=64, seed=5)
+
+
+def _run(args) -> int:
+    return run_main(search.main, args)
+
+
+def _check_run_folder(run):
+    report = json.loads((run / "report.json").read_text())
+    assert report["kind"] == "search"
+    test = report["metrics"]["test"]
+    assert test["accuracy_ci95"][0] <= test["accuracy"] <= test["accuracy_ci95"][1]
+    assert "majority_baseline" in test and test["n"] > 0
+    for name in (
+        "report.md",
+        "trials.csv",
+        "split.csv",
+        "model.pt",
+        "trial_curves.png",
+        "loss_curves.png",
+        "confusion_matrix.png",
+        "search.json",
+    ):
+        assert (run / name).is_file(), name
+    return report
+
+
+def test_baseline_cnn_search_end_to_end(ray_local, phantom, tmp_path, capsys):
+    run = tmp_path / "cnn"
+    args = [
+        "--space",
+        "baseline_cnn",
+        "--data",
+        str(phantom),
+        "--num-samples",
+        "3",
+        "--max-epochs",
+        "2",
+        "--grace-period",
+        "1",
+        "--out",
+        str(run),
+        *TINY,
+    ]
+    assert _run(args) == 0
+    report = _check_run_folder(run)
+    assert report["search"]["trials"]["total"] == 3
+    assert report["config"]["model"] == "cnn"
+    assert report["config"]["max_epochs"] == report["best_trial"]["best_iteration"]
+    rows = list(csv.DictReader((run / "trials.csv").open()))
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"TERMINATED"}
+    out = capsys.readouterr().out
+    assert "test accuracy (95% CI)" in out and "majority baseline" in out
+    # an existing run folder is never overwritten
+    assert _run(args) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+
+
+def test_resnet_stage2_search_end_to_end(ray_local, phantom, tmp_path):
+    run = tmp_path / "r50"
+    args = [
+        "--space",
+        "resnet_stage2",
+        "--data",
+        str(phantom),
+        "--weights",
+        "none",
+        "--num-samples",
+        "2",
+        "--max-epochs",
+        "4",
+        "--grace-period",
+        "4",
+        "--out",
+        str(run),
+        *TINY,
+    ]
+    assert _run(args) == 0
+    report = _check_run_folder(run)
+    assert report["config"]["model"] == "resnet50"
+    assert report["best_trial"]["config"]["unfreeze_depth"] in (1, 2)
+    assert report["search"]["space"] == "resnet_stage2"
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(ray_local, phantom, tmp_path, monkeypatch):
+    # a trial whose config makes the network unbuildable fails; the others finish and the report lists it
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"model": "cnn", "cnn_depth": {"choice": [2, 7]}, "lr": 0.001}))
+    run = tmp_path / "fail"
+    args = [
+        "--space",
+        str(space),
+        "--data",
+        str(phantom),
+        "--num-samples",
+        "4",
+        "--max-epochs",
+        "1",
+        "--grace-period",
+        "1",
+        "--max-failures",
+        "0",
+        "--out",
+        str(run),
+        *TINY,
+    ]
+    assert _run(args) == 0
+    report = json.loads((run / "report.json").read_text())
+    trials = report["search"]["trials"]
+    assert trials["error"] >= 1 and trials["terminated"] >= 1
+    assert report["search"]["failed_trials"][0]["error"]

@@ -1,0 +1,111 @@
+"""Search spaces and the checks made before Ray starts (no Ray cluster needed)."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from search_spaces import SPACES, SpaceError, get_spec, to_tune
+from tuning.engine import TrainConfig
+from tuning.search import SearchSettings, validate
+from tuning.search_run import make_scheduler
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_every_space_samples_valid_configs(name):
+    space = to_tune(get_spec(name))
+    for _ in range(25):
+        config = {k: (v.sample() if hasattr(v, "sample") else v) for k, v in space.items()}
+        cfg = TrainConfig.from_dict({**config, "max_epochs": 8})
+        assert cfg.model in ("cnn", "resnet50")
+        assert 1 <= cfg.unfreeze_depth <= 4 and cfg.lr > 0 and 0 <= cfg.dropout < 1
+    validate(SearchSettings(space=name, max_epochs=8, grace_period=4))
+
+
+def test_resnet_stage2_covers_the_required_hyperparameters():
+    spec = get_spec("resnet_stage2")
+    for key in ("lr", "backbone_lr", "dropout", "weight_decay", "unfreeze_depth", "stage2_epoch"):
+        assert isinstance(spec[key], dict), f"{key} is not searched"
+
+
+def test_unknown_space_lists_the_valid_ones():
+    with pytest.raises(SpaceError, match="valid spaces: baseline_cnn, resnet_stage1, resnet_stage2"):
+        get_spec("resnet_stage3")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"num_samples": 0}, "--num-samples must be >= 1"),
+        ({"max_epochs": -1}, "--max-epochs must be >= 1"),
+        ({"grace_period": 9, "max_epochs": 8}, "--grace-period must be within"),
+        ({"reduction_factor": 1}, "--reduction-factor"),
+        ({"cpus_per_trial": 0}, "--cpus-per-trial > 0"),
+        ({"grace_period": 2}, "ASHA's first rung"),
+    ],
+)
+def test_bad_settings_refused_before_ray(settings, message):
+    with pytest.raises(ValueError, match=message):
+        validate(SearchSettings(**{"space": "resnet_stage2", "max_epochs": 8, "grace_period": 4, **settings}))
+
+
+def test_more_gpus_than_exist_refused():
+    with pytest.raises(ValueError, match="has 0 GPU"):
+        validate(SearchSettings(gpus_per_trial=0.5), gpus_available=0)
+
+
+def test_early_rung_can_be_allowed_with_a_warning(capsys):
+    validate(SearchSettings(space="resnet_stage2", grace_period=2, allow_early_rung=True))
+    assert "first rung" in capsys.readouterr().err
+
+
+def _space_file(tmp_path, content) -> str:
+    p = tmp_path / "space.json"
+    p.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"lr": {"loguniform": [1e-4, 1e-2]}', "invalid JSON at line 1"),
+        ({"lr": {"uniform": [0.1, 0.01]}}, "low < high"),
+        ({"lr": {"loguniform": [0, 0.1]}}, "bounds > 0"),
+        ({"lr": {"normal": [0, 1]}}, "unknown sampler"),
+        ({"learning_rate": 0.1}, "unknown hyperparameter"),
+        ({"unfreeze_depth": {"uniform": [1, 3]}}, "integer; use randint or choice"),
+        ({"unfreeze_depth": {"choice": [1, 7]}}, "unfreeze_depth must be"),
+        ({"dropout": {"uniform": [0.2, 1.5]}}, "dropout"),
+        ([1, 2], "expected a JSON object"),
+    ],
+)
+def test_bad_space_files(tmp_path, content, message):
+    with pytest.raises(ValueError, match=message):
+        validate(SearchSettings(space=_space_file(tmp_path, content), max_epochs=8, grace_period=4))
+
+
+def test_good_space_file(tmp_path):
+    path = _space_file(
+        tmp_path, {"model": "cnn", "lr": {"loguniform": [1e-4, 1e-2]}, "cnn_depth": {"choice": [2, 3]}}
+    )
+    spec = validate(SearchSettings(space=path, max_epochs=4, grace_period=1))
+    assert spec["model"] == "cnn"
+
+
+def test_asha_stops_the_worse_trials_at_the_first_rung():
+    s = SearchSettings(max_epochs=4, grace_period=1, reduction_factor=2)
+    sched = make_scheduler(s)
+    sched.set_search_properties("val_loss", "min")
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
+    for t in trials:
+        sched.on_trial_add(None, t)
+    actions = {}
+    for t, loss in zip(trials, [0.5, 0.4, 0.9, 0.1], strict=True):
+        actions[t.trial_id] = sched.on_trial_result(None, t, {"training_iteration": 1, "val_loss": loss})
+    assert actions["t2"] == TrialScheduler.STOP  # worse than the better half at rung 1
+    assert actions["t3"] == TrialScheduler.CONTINUE  # the best so far
+    assert (
+        sched.on_trial_result(None, trials[3], {"training_iteration": 4, "val_loss": 0.1})
+        == TrialScheduler.STOP
+    )

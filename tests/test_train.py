@@ -1,0 +1,105 @@
+"""Short runs of the training engine (tuning.train) on tiny phantom data."""
+
+import json
+
+import pytest
+import torch
+
+from modules.dataset import prepare_data
+from modules.phantom import make_phantom
+from tuning import train as train_cli
+from tuning.cli import run_main
+from tuning.engine import CHECKPOINT_FORMAT, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_phantom(tmp_path_factory):
+    return make_phantom(tmp_path_factory.mktemp("phantom"), n_per_class=14, size=64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_phantom):
+    return prepare_data(tiny_phantom, seed=0, synthetic=True)
+
+
+FAST = {"image_size": 32, "resize": 36, "batch_size": 8, "threads": 2}
+
+
+def test_cnn_run_writes_a_complete_report(tiny_data, tmp_path):
+    cfg = TrainConfig.from_dict({**FAST, "model": "cnn", "max_epochs": 2, "cnn_depth": 2, "cnn_width": 8})
+    report = train_cli.run_training(cfg, tiny_data, tmp_path, command="test", progress=False)
+    test = report["metrics"]["test"]
+    n_test = tiny_data.splits.count("test")
+    assert test["n"] == n_test
+    assert test["accuracy_ci95"][0] <= test["accuracy"] <= test["accuracy_ci95"][1]
+    assert sum(map(sum, test["confusion_matrix"])) == n_test
+    assert 0 <= report["best_epoch"] < 2
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["kind"] == "train" and on_disk["data"]["synthetic"] is True
+    assert on_disk["data"]["fingerprint"] == tiny_data.images.fingerprint
+    for name in ("metrics.csv", "split.csv", "model.pt", "loss_curves.png", "confusion_matrix.png"):
+        assert (tmp_path / name).is_file(), name
+    ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["model"] == "cnn"
+    assert ckpt["classes"] == ["no", "yes"] and ckpt["preprocessing"]["image_size"] == 32
+    assert ckpt["data"]["fingerprint"] == tiny_data.images.fingerprint
+    assert not (tmp_path / "lightning_checkpoints").exists()
+
+
+def test_resnet50_staged_run(tiny_data, tmp_path):
+    cfg = TrainConfig.from_dict(
+        {
+            **FAST,
+            "model": "resnet50",
+            "weights": "none",
+            "max_epochs": 2,
+            "stage2_epoch": 1,
+            "unfreeze_depth": 1,
+        }
+    )
+    report = train_cli.run_training(cfg, tiny_data, tmp_path, progress=False)
+    assert report["weights"] == "none"
+    assert report["epochs_trained"] == 2
+    assert report["metrics"]["test"]["n"] == tiny_data.splits.count("test")
+
+
+def test_config_refuses_unknown_and_bad_values():
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="unknown model"):
+        TrainConfig(model="vgg")
+    with pytest.raises(ValueError, match="must be an integer"):
+        TrainConfig.from_dict({"max_epochs": 2.5})
+    assert TrainConfig.from_dict({"max_epochs": 3.0}).max_epochs == 3
+
+
+def test_cli_refuses_to_overwrite_a_run(tmp_path, tiny_phantom, capsys):
+    (tmp_path / "report.json").write_text("{}")
+    code = run_main(train_cli.main, ["--data", str(tiny_phantom), "--out", str(tmp_path), "--model", "cnn"])
+    assert code == 2
+    assert "already holds a report.json" in capsys.readouterr().err
+
+
+def test_cli_end_to_end(tmp_path, tiny_phantom, capsys):
+    args = [
+        "--data",
+        str(tiny_phantom),
+        "--out",
+        str(tmp_path / "run"),
+        "--model",
+        "cnn",
+        "--max-epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--resize",
+        "36",
+        "--cnn-depth",
+        "2",
+        "--no-progress",
+    ]
+    assert run_main(train_cli.main, args) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "majority baseline" in out
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["command"].startswith("python -m tuning.train --data")

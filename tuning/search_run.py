@@ -1,0 +1,261 @@
+"""The search itself: start or join Ray, run the Tuner with ASHA, collect trials, refit the best, report."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from modules.dataset import PreparedData, resolve_data
+from modules.networks import WeightsState, resolve_weights
+from search_spaces import get_spec, to_tune
+from tuning.cli import warn
+from tuning.engine import TrainConfig
+from tuning.files import atomic_write_json, atomic_write_text
+from tuning.search import LOCALHOSTS, SearchSettings
+from tuning.search_report import (
+    collect_trials,
+    plot_trial_curves,
+    render_markdown,
+    summary_table,
+    write_trials_csv,
+)
+from tuning.train import run_training
+from tuning.trial import trainable
+
+EXPERIMENT = "tune"
+
+
+def start_ray(s: SearchSettings) -> None:
+    """Join ``s.address``, or start a local Ray with its dashboard on ``s.dashboard_host`` (localhost)."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        warn(
+            "RAY_AUTH_MODE=disabled: Ray's token authentication is off; anyone who reaches its ports can run code"
+        )
+    if s.address:
+        ray.init(address=s.address, log_to_driver=False)
+        print(f"joined the Ray cluster at {s.address}: {ray.cluster_resources()}")
+        return
+    if s.dashboard and s.dashboard_host not in LOCALHOSTS:
+        warn(
+            f"the Ray dashboard will listen on {s.dashboard_host}, not only on this machine. Ray's dashboard and "
+            "job API run arbitrary code for whoever reaches them (the class of attacks on exposed, "
+            "unauthenticated Ray dashboards, e.g. ShadowRay): keep token authentication on, and prefer an SSH "
+            "tunnel to 127.0.0.1"
+        )
+    context = ray.init(
+        include_dashboard=s.dashboard,
+        dashboard_host=s.dashboard_host,
+        dashboard_port=s.dashboard_port,
+        log_to_driver=False,
+        configure_logging=True,
+        logging_level="warning",
+    )
+    if s.dashboard and context.dashboard_url:
+        print(
+            f"Ray dashboard: http://{context.dashboard_url}  (log in with the token in ~/.ray/auth_token, "
+            "or `ray get-auth-token`)"
+        )
+
+
+def _weights_for(spec: dict, s: SearchSettings) -> WeightsState | None:
+    model = spec.get("model", s.base.get("model", TrainConfig.model))
+    if model != "resnet50" and not isinstance(model, dict):  # a space may also choose the model
+        return None
+    return resolve_weights(s.base.get("weights", "imagenet"))
+
+
+def _storage(s: SearchSettings) -> str:
+    return s.storage or str((Path(s.run_dir) / "ray").resolve())
+
+
+def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
+    run_dir = Path(s.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = resolve_data(s.data, seed=s.split_seed, strict=s.strict, warn=warn)
+    saved = run_dir / "search.json"
+    if resume:
+        previous = json.loads(saved.read_text()).get("data_fingerprint")
+        if previous and previous != data.images.fingerprint:
+            raise ValueError(
+                f"--resume: the data at {s.data or 'the phantom set'} changed since the search started "
+                f"(fingerprint {data.images.fingerprint[:12]}, was {previous[:12]})"
+            )
+        if (run_dir / "report.json").is_file():
+            print(f"{run_dir} is complete already (report.json exists); nothing to resume")
+            return json.loads((run_dir / "report.json").read_text())
+    else:
+        atomic_write_json(saved, {**asdict(s), "data_fingerprint": data.images.fingerprint})
+    atomic_write_text(run_dir / "split.csv", data.split_csv())
+    print(
+        f"data: {data.images.source}{' (SYNTHETIC phantom set)' if data.synthetic else ''}: "
+        f"{len(data.images.records)} images {data.images.class_counts()}, "
+        f"split {', '.join(f'{k} {data.splits.count(k)}' for k in ('train', 'val', 'test'))}"
+    )
+
+    spec = get_spec(s.space)
+    weights = _weights_for(spec, s)
+    start_ray(s)
+    started = time.perf_counter()
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        grid = _fit(s, spec, data, weights, resume=resume)
+    finally:  # Ray Tune installs its own SIGINT handler; Ctrl+C during the refit must interrupt it
+        signal.signal(signal.SIGINT, handler)
+    search_seconds = time.perf_counter() - started
+    unfinished = count_unfinished(grid, s)
+    if unfinished:
+        print(
+            f"\nsearch interrupted: {unfinished} of {len(grid)} trials unfinished (finished ones are saved). "
+            f"Finish it with:\n  python -m tuning.search --resume {run_dir}"
+        )
+        raise KeyboardInterrupt
+    return finish(s, data, grid, weights, search_seconds=search_seconds)
+
+
+def make_scheduler(s: SearchSettings) -> ASHAScheduler:
+    """ASHA over epochs (one Tune iteration per epoch); metric and mode come from the TuneConfig."""
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=s.max_epochs,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )
+
+
+def _fit(s: SearchSettings, spec: dict, data: PreparedData, weights: WeightsState | None, *, resume: bool):
+    metric, mode = s.rank
+    resources = {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
+    base = {**s.base, "max_epochs": s.max_epochs, "seed": s.seed}
+    fn = trainable(data.trial_data(), base, weights, resources)
+    path = os.path.join(_storage(s), EXPERIMENT)
+    if resume and tune.Tuner.can_restore(path):
+        print(f"resuming the search in {path}: finished trials are kept, unfinished ones start again")
+        tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
+    else:
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=s.max_epochs,
+            grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            fn,
+            param_space=to_tune(spec),
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                scheduler=scheduler,
+                num_samples=s.num_samples,
+                reuse_actors=True,
+                # the generator seeds the sampled configs and also enforces the concurrency limit
+                search_alg=BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent),
+            ),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT,
+                storage_path=_storage(s),
+                failure_config=tune.FailureConfig(max_failures=s.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=1,
+            ),
+        )
+    return tuner.fit()
+
+
+def count_unfinished(grid, s: SearchSettings) -> int:
+    """Trials not yet finished after ``fit`` returned: not yet created, or left RUNNING/PENDING/PAUSED by an
+    interrupt. Read from Tune's saved experiment state, which is what ``Tuner.restore`` resumes from."""
+    missing = max(0, s.num_samples - len(grid))
+    states = sorted(Path(grid.experiment_path).glob("experiment_state-*.json"))
+    if not states:
+        return missing or len(grid) - grid.num_terminated - grid.num_errors
+    text = states[-1].read_text()
+    statuses = re.findall(r'\\?"status\\?": \\?"([A-Z]+)', text)
+    return missing + sum(st not in ("TERMINATED", "ERROR") for st in statuses)
+
+
+def finish(s: SearchSettings, data: PreparedData, grid, weights, *, search_seconds: float) -> dict | None:
+    """Trials table and curves, the refit of the best config on the same split, the report."""
+    run_dir = Path(s.run_dir)
+    metric, mode = s.rank
+    trials = collect_trials(grid, metric=metric, mode=mode)
+    write_trials_csv(trials, run_dir / "trials.csv")
+    curves = plot_trial_curves(trials, run_dir / "trial_curves.png", metric=metric, max_t=s.max_epochs)
+    ok = [t for t in trials if t["best_value"] is not None]
+    if not ok:
+        warn(f"every trial failed; see {run_dir / 'trials.csv'} for the errors")
+        return None
+    best = (min if mode == "min" else max)(ok, key=lambda t: t["best_value"])
+    best_cfg = TrainConfig.from_dict(
+        {**s.base, **best["config"], "seed": s.seed, "max_epochs": best["best_iteration"]}
+    )
+    print(
+        f"\nbest trial {best['trial_id']}: {metric} {best['best_value']:.4f} at epoch {best['best_iteration']}; "
+        f"refitting it for {best_cfg.max_epochs} epochs on the same split, then testing once"
+    )
+    started = time.perf_counter()
+    report = run_training(
+        best_cfg,
+        data,
+        run_dir,
+        command=s.command,
+        kind="search",
+        progress=False,
+        backbone_state=weights,
+        extra_report={
+            "best_trial": {
+                k: best[k] for k in ("trial_id", "config", "best_value", "best_iteration", "iterations")
+            },
+            "search": _search_block(s, trials, search_seconds),
+        },
+    )
+    report["time_s"]["refit"] = round(time.perf_counter() - started, 2)
+    report["time_s"]["search"] = round(search_seconds, 2)
+    report["artifacts"]["plots"] = [curves.name, *report["artifacts"]["plots"]]
+    report["artifacts"]["trials"] = "trials.csv"
+    atomic_write_json(run_dir / "report.json", report)
+    atomic_write_text(run_dir / "report.md", render_markdown(report, trials))
+    print(summary_table(report, run_dir))
+    return report
+
+
+def _search_block(s: SearchSettings, trials: list[dict], seconds: float) -> dict:
+    statuses = [t["status"] for t in trials]
+    return {
+        "space": s.space,
+        "space_spec": get_spec(s.space),
+        "scheduler": {
+            "name": "ASHA",
+            "time_attr": "training_iteration (epochs)",
+            "max_t": s.max_epochs,
+            "grace_period": s.grace_period,
+            "reduction_factor": s.reduction_factor,
+        },
+        "metric": s.metric,
+        "num_samples": s.num_samples,
+        "seed": s.seed,
+        "resources_per_trial": {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial},
+        "trials": {
+            "total": len(trials),
+            "terminated": statuses.count("TERMINATED"),
+            "error": statuses.count("ERROR"),
+            "stopped_early": sum(
+                t["iterations"] < s.max_epochs and t["status"] == "TERMINATED" for t in trials
+            ),
+        },
+        "failed_trials": [{"trial_id": t["trial_id"], "error": t["error"]} for t in trials if t["error"]],
+        "wall_time_s": round(seconds, 2),
+        "trials_per_hour": round(len(trials) / seconds * 3600, 1) if seconds > 0 else math.nan,
+    }
