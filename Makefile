@@ -11,8 +11,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q -e ".[test]"
 	@touch $(STAMP)
 
+# The demo: the main command on the built-in phantom set, offline (random-init ResNet50: no weight download),
+# small images so that it ends in a few minutes on 2 CPU cores. Each run writes results/resnet_stage2-<time>/.
+DEMO_ARGS ?= --weights none --image-size 64 --num-samples 4 --max-epochs 6 --grace-period 4
+
 demo: $(STAMP)
 	$(PY) -m tuning.data
+	$(PY) -m tuning.search --space resnet_stage2 $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

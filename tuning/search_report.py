@@ -47,6 +47,7 @@ def collect_trials(grid, *, metric: str, mode: str) -> list[dict]:
                 "last_value": history[-1][1] if history else None,
                 "history": history,
                 "node_id": node,
+                "time_s": round(float(metrics.get("time_total_s") or 0.0), 2),
                 "error": _error_text(result.error),
             }
         )
@@ -76,6 +77,7 @@ def write_trials_csv(trials: list[dict], path: Path) -> Path:
             "best_value",
             "best_iteration",
             "last_value",
+            "time_s",
             "node_id",
             *keys,
             "error",
@@ -90,6 +92,7 @@ def write_trials_csv(trials: list[dict], path: Path) -> Path:
                 t["best_value"],
                 t["best_iteration"],
                 t["last_value"],
+                t["time_s"],
                 t["node_id"],
                 *[t["config"].get(k) for k in keys],
                 t["error"] or "",

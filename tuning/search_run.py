@@ -7,6 +7,7 @@ import math
 import os
 import re
 import signal
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -218,7 +219,12 @@ def finish(s: SearchSettings, data: PreparedData, grid, weights, *, search_secon
             "best_trial": {
                 k: best[k] for k in ("trial_id", "config", "best_value", "best_iteration", "iterations")
             },
-            "search": _search_block(s, trials, search_seconds),
+            "search": _search_block(
+                s,
+                trials,
+                search_seconds,
+                images_per_epoch=len(data.indices("train")) + len(data.indices("val")),
+            ),
         },
     )
     report["time_s"]["refit"] = round(time.perf_counter() - started, 2)
@@ -231,8 +237,9 @@ def finish(s: SearchSettings, data: PreparedData, grid, weights, *, search_secon
     return report
 
 
-def _search_block(s: SearchSettings, trials: list[dict], seconds: float) -> dict:
+def _search_block(s: SearchSettings, trials: list[dict], seconds: float, *, images_per_epoch: int) -> dict:
     statuses = [t["status"] for t in trials]
+    rates = sorted(images_per_epoch * t["iterations"] / t["time_s"] for t in trials if t["time_s"] > 0)
     return {
         "space": s.space,
         "space_spec": get_spec(s.space),
@@ -257,5 +264,8 @@ def _search_block(s: SearchSettings, trials: list[dict], seconds: float) -> dict
         },
         "failed_trials": [{"trial_id": t["trial_id"], "error": t["error"]} for t in trials if t["error"]],
         "wall_time_s": round(seconds, 2),
+        "trial_time_s_median": statistics.median([t["time_s"] for t in trials]) if trials else math.nan,
+        # images a trial pushes through per second, training and validation together, start-up included
+        "trial_images_per_s_median": round(statistics.median(rates), 1) if rates else math.nan,
         "trials_per_hour": round(len(trials) / seconds * 3600, 1) if seconds > 0 else math.nan,
     }
