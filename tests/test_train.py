@@ -103,3 +103,15 @@ def test_cli_end_to_end(tmp_path, tiny_phantom, capsys):
     assert "test accuracy" in out and "majority baseline" in out
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["command"].startswith("python -m tuning.train --data")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resnet50_run_on_gpu_with_bf16(tiny_data, tmp_path):
+    cfg = TrainConfig.from_dict(
+        {**FAST, "model": "resnet50", "weights": "none", "max_epochs": 2, "stage2_epoch": 1, "precision": "auto"}
+    )
+    report = train_cli.run_training(cfg, tiny_data, tmp_path, progress=False)
+    assert report["metrics"]["test"]["n"] == tiny_data.splits.count("test")
+    ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(t.device.type == "cpu" for t in ckpt["state_dict"].values())  # exported for any machine
