@@ -88,7 +88,7 @@ class ClassifierModule(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``(N, C, H, W)`` -> logits ``(N, num_classes)``."""
-        if self.hparams.channels_last:
+        if self.hparams.channels_last and images.ndim == 4:  # (N, F) cached features have no layout
             images = images.contiguous(memory_format=torch.channels_last)
         return self.network(images)
 

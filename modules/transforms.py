@@ -5,6 +5,7 @@ Random transforms are for training only; evaluation is deterministic (resize, ce
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -48,7 +49,9 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(H, W) uint8 array -> (1, H, W) uint8 tensor (no copy when possible)."""
     if pixels.dtype != np.uint8 or pixels.ndim != 2:
         raise ValueError(f"expected a (H, W) uint8 array, got {pixels.dtype} of shape {pixels.shape}")
-    return torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0)
+    with warnings.catch_warnings():  # read-only arrays (Ray's object store) are shared, never written to
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0)
 
 
 def gray_to_rgb(x: torch.Tensor) -> torch.Tensor:

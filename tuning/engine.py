@@ -15,6 +15,7 @@ import torch
 
 from modules.datamodule import MRIDataModule
 from modules.dataset import TrialData
+from modules.feature_cache import CachedTail
 from modules.finetune import StagedFineTuning
 from modules.lit_module import ClassifierModule
 from modules.networks import WeightsState, build_network, load_backbone_state, resolve_weights
@@ -149,11 +150,13 @@ def build_classifier(
     *,
     class_weights: list[float] | None = None,
     backbone_state: WeightsState | None = None,
+    cached_depth: int | None = None,
 ):
     """The network (weights loaded) wrapped in the LightningModule. Returns (module, weights description).
 
     ``backbone_state``: weights already read (by the search's driver, shipped through Ray's object store);
-    without it, ``cfg.weights`` is resolved here.
+    without it, ``cfg.weights`` is resolved here. ``cached_depth``: wrap the ResNet50 in ``CachedTail`` for
+    training on a ``FeatureCache`` (its cut for that unfreeze depth).
     """
     if cfg.model == "resnet50":
         network = build_network("resnet50", num_classes=num_classes, weights="none", **network_hparams(cfg))
@@ -164,6 +167,8 @@ def build_classifier(
     else:
         network = build_network(cfg.model, num_classes=num_classes, **network_hparams(cfg))
         described = "none"
+    if cached_depth is not None:  # train only the part above the cut, on cached frozen-backbone outputs
+        network = CachedTail(network, cached_depth)
     module = ClassifierModule(
         network=network,
         num_classes=num_classes,
@@ -231,8 +236,12 @@ def make_trainer(
     default_root_dir: str | Path | None = None,
     enable_progress_bar: bool = False,
     enable_checkpointing: bool = False,
+    reload_dataloaders: bool = False,
 ) -> pl.Trainer:
+    """A Trainer for one run. ``reload_dataloaders``: new loaders every epoch (the cached path switches from
+    pooled features to cut activations when stage 2 starts)."""
     return pl.Trainer(
+        reload_dataloaders_every_n_epochs=1 if reload_dataloaders else 0,
         max_epochs=cfg.max_epochs,
         accelerator="auto",
         devices=1,

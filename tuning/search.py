@@ -48,6 +48,9 @@ class SearchSettings:
     dashboard_port: int = 8265
     dashboard: bool = True
     storage: str | None = None  # None: <run folder>/ray
+    cache: bool = True  # share the frozen backbone's outputs between trials (resnet50 spaces)
+    cache_views: int = 4  # augmented views per training image in the cache
+    cache_max_gb: float = 4.0
     run_dir: str = ""
     base: dict = field(default_factory=dict)  # TrainConfig values the space does not sample
     command: str = ""
@@ -83,6 +86,10 @@ def validate(settings: SearchSettings, *, gpus_available: int | None = None) -> 
     if s.max_concurrent < 0 or s.max_failures < 0:
         raise ValueError(
             f"--max-concurrent and --max-failures must be >= 0, got {s.max_concurrent}, {s.max_failures}"
+        )
+    if s.cache_views < 1 or s.cache_max_gb <= 0:
+        raise ValueError(
+            f"need --cache-views >= 1 and --cache-max-gb > 0, got {s.cache_views}, {s.cache_max_gb}"
         )
     if s.metric not in ("val/loss", "val/auroc"):
         raise ValueError(f"--metric must be val/loss or val/auroc, got {s.metric}")
@@ -226,6 +233,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--allow-early-rung", action="store_true", help="only warn when ASHA's first rung precedes stage 2"
     )
+    g = p.add_argument_group("speed")
+    g.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the frozen backbone in every trial (the reference path; default: cache it once)",
+    )
+    g.add_argument(
+        "--cache-views",
+        type=int,
+        default=d.cache_views,
+        help=f"augmented views per training image in the feature cache (default: {d.cache_views})",
+    )
+    g.add_argument(
+        "--cache-max-gb",
+        type=float,
+        default=d.cache_max_gb,
+        help=f"refuse a feature cache larger than this, in GB (default: {d.cache_max_gb})",
+    )
     g = p.add_argument_group("resources and cluster")
     g.add_argument(
         "--cpus-per-trial",
@@ -332,6 +357,9 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> SearchSetti
         dashboard_port=args.dashboard_port,
         dashboard=not args.no_dashboard,
         storage=args.storage,
+        cache=not args.no_cache,
+        cache_views=args.cache_views,
+        cache_max_gb=args.cache_max_gb,
         run_dir=str(Path(args.out or Path("results") / f"{space_name}-{stamp}")),
         base=base,
         command="python -m tuning.search " + shlex.join(argv),

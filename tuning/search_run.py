@@ -108,11 +108,12 @@ def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
 
     spec = get_spec(s.space)
     weights = _weights_for(spec, s)
+    cache = build_cache(s, spec, data, weights)
     start_ray(s)
     started = time.perf_counter()
     handler = signal.getsignal(signal.SIGINT)
     try:
-        grid = _fit(s, spec, data, weights, resume=resume)
+        grid = _fit(s, spec, data, weights, cache, resume=resume)
     finally:  # Ray Tune installs its own SIGINT handler; Ctrl+C during the refit must interrupt it
         signal.signal(signal.SIGINT, handler)
     search_seconds = time.perf_counter() - started
@@ -123,7 +124,68 @@ def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
             f"Finish it with:\n  python -m tuning.search --resume {run_dir}"
         )
         raise KeyboardInterrupt
-    return finish(s, data, grid, weights, search_seconds=search_seconds)
+    return finish(s, data, grid, weights, search_seconds=search_seconds, cache=cache)
+
+
+def _space_values(spec: dict, key: str, default) -> list:
+    """The values an entry of a space can take (a constant, a choice, or the default when absent)."""
+    v = spec.get(key, default)
+    return list(v["choice"]) if isinstance(v, dict) and "choice" in v else [v]
+
+
+def build_cache(s: SearchSettings, spec: dict, data: PreparedData, weights: WeightsState | None):
+    """The feature cache for a ResNet50 space (once per experiment, on the GPU when there is one), or None."""
+    models = _space_values(spec, "model", s.base.get("model", TrainConfig.model))
+    if not s.cache or models != ["resnet50"]:
+        return None
+    import torch
+
+    from modules.feature_cache import build_feature_cache
+    from modules.networks import build_network, load_backbone_state
+
+    base = TrainConfig.from_dict({**s.base, "max_epochs": s.max_epochs})
+    starts = _space_values(spec, "stage2_epoch", base.stage2_epoch)
+    unfreezes = any(
+        not isinstance(v, int) or v < s.max_epochs for v in starts
+    )  # a sampled range may unfreeze
+    depths = set(_space_values(spec, "unfreeze_depth", base.unfreeze_depth)) if unfreezes else set()
+    network = build_network("resnet50", num_classes=len(data.images.classes), weights="none")
+    if weights is not None and weights.tensors is not None:
+        load_backbone_state(network, weights.tensors, weights.description)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    td = data.trial_data()
+    cache = build_feature_cache(
+        network,
+        td.images,
+        td.targets,
+        td.splits,
+        preprocessing=base.preprocessing,
+        depths=depths,
+        views=s.cache_views,
+        seed=s.seed,
+        device=device,
+        max_bytes=int(s.cache_max_gb * 1e9),
+    )
+    cache.info["preprocessing"] = base.preprocessing.to_dict()
+    cuts = f", cuts for unfreeze depth {sorted(cache.cut)}" if cache.cut else ""
+    print(
+        f"feature cache: {cache.nbytes / 1e6:.1f} MB (float16; {s.cache_views} views per training image; pooled "
+        f"features{cuts}), built once in {cache.build_seconds:.1f} s on {device}; shared through Ray's object store"
+    )
+    return cache
+
+
+def _cache_block(s: SearchSettings, cache, trials: list[dict]) -> dict:
+    if cache is None:
+        return {"enabled": False}
+    return {
+        "enabled": True,
+        "views": cache.views,
+        "depths": list(cache.depths),
+        "megabytes": round(cache.nbytes / 1e6, 1),
+        "build_s": round(cache.build_seconds, 2),
+        "trials_on_cache": sum(bool(t.get("cached")) for t in trials),
+    }
 
 
 def make_scheduler(s: SearchSettings) -> ASHAScheduler:
@@ -136,11 +198,13 @@ def make_scheduler(s: SearchSettings) -> ASHAScheduler:
     )
 
 
-def _fit(s: SearchSettings, spec: dict, data: PreparedData, weights: WeightsState | None, *, resume: bool):
+def _fit(
+    s: SearchSettings, spec: dict, data: PreparedData, weights: WeightsState | None, cache, *, resume: bool
+):
     metric, mode = s.rank
     resources = {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
     base = {**s.base, "max_epochs": s.max_epochs, "seed": s.seed}
-    fn = trainable(data.trial_data(), base, weights, resources)
+    fn = trainable(data.trial_data(), base, weights, resources, cache=cache)
     path = os.path.join(_storage(s), EXPERIMENT)
     if resume and tune.Tuner.can_restore(path):
         print(f"resuming the search in {path}: finished trials are kept, unfinished ones start again")
@@ -187,7 +251,9 @@ def count_unfinished(grid, s: SearchSettings) -> int:
     return missing + sum(st not in ("TERMINATED", "ERROR") for st in statuses)
 
 
-def finish(s: SearchSettings, data: PreparedData, grid, weights, *, search_seconds: float) -> dict | None:
+def finish(
+    s: SearchSettings, data: PreparedData, grid, weights, *, search_seconds: float, cache=None
+) -> dict | None:
     """Trials table and curves, the refit of the best config on the same split, the report."""
     run_dir = Path(s.run_dir)
     metric, mode = s.rank
@@ -219,12 +285,15 @@ def finish(s: SearchSettings, data: PreparedData, grid, weights, *, search_secon
             "best_trial": {
                 k: best[k] for k in ("trial_id", "config", "best_value", "best_iteration", "iterations")
             },
-            "search": _search_block(
-                s,
-                trials,
-                search_seconds,
-                images_per_epoch=len(data.indices("train")) + len(data.indices("val")),
-            ),
+            "search": {
+                **_search_block(
+                    s,
+                    trials,
+                    search_seconds,
+                    images_per_epoch=len(data.indices("train")) + len(data.indices("val")),
+                ),
+                "cache": _cache_block(s, cache, trials),
+            },
         },
     )
     report["time_s"]["refit"] = round(time.perf_counter() - started, 2)

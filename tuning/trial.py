@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 from ray import tune
 from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
+from modules.feature_cache import CachedDataModule
 from tuning import engine
 from tuning.engine import TrainConfig
 
@@ -32,12 +33,16 @@ class EpochReport(TuneReportCheckpointCallback):
             import ray
 
             out["epoch"] = trainer.current_epoch
+            out["cached"] = int(getattr(self, "cached", False))
             out["node_id"] = ray.get_runtime_context().get_node_id()
         return out
 
 
-def train_trial(config: dict, *, data, base: dict, backbone_state) -> None:
-    """Train ``base`` overridden by Ray's ``config``; report validation metrics to Tune after every epoch."""
+def train_trial(config: dict, *, data, base: dict, backbone_state, cache=None) -> None:
+    """Train ``base`` overridden by Ray's ``config``; report validation metrics to Tune after every epoch.
+
+    With a ``FeatureCache`` that fits this config, only the part above the cut trains, on the cached outputs of
+    the frozen layers (the same values the full network would compute); otherwise the plain path runs."""
     from tuning.train import quiet_lightning
 
     quiet_lightning()
@@ -45,16 +50,45 @@ def train_trial(config: dict, *, data, base: dict, backbone_state) -> None:
     engine.apply_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     class_weights = engine.balanced_weights(data) if cfg.class_weights == "balanced" else None
+    cached = cache is not None and cache_fits(cache, cfg)
     module, _ = engine.build_classifier(
-        cfg, len(data.classes), class_weights=class_weights, backbone_state=backbone_state
+        cfg,
+        len(data.classes),
+        class_weights=class_weights,
+        backbone_state=backbone_state,
+        cached_depth=cfg.unfreeze_depth if cached else None,
     )
     # after the training epoch: validation of that epoch has run, so every metric is there
     report = EpochReport(metrics=TUNE_METRICS, save_checkpoints=False, on="train_epoch_end")
-    trainer = engine.make_trainer(cfg, callbacks=[*engine.staging_callbacks(cfg), report])
-    trainer.fit(module, datamodule=engine.build_datamodule(cfg, data))
+    report.cached = cached
+    trainer = engine.make_trainer(
+        cfg, callbacks=[*engine.staging_callbacks(cfg), report], reload_dataloaders=cached
+    )
+    if cached:
+        dm = CachedDataModule(
+            cache,
+            depth=cfg.unfreeze_depth,
+            stage2_epoch=cfg.stage2_epoch,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        )
+    else:
+        dm = engine.build_datamodule(cfg, data)
+    trainer.fit(module, datamodule=dm)
 
 
-def trainable(data, base: dict, backbone_state, resources: dict):
-    """``train_trial`` bound to its (object-store) parameters and resources, ready for ``tune.Tuner``."""
-    bound = tune.with_parameters(train_trial, data=data, base=base, backbone_state=backbone_state)
+def cache_fits(cache, cfg: TrainConfig) -> bool:
+    """Whether a cached trial computes what the plain one would: same preprocessing, a cut for its depth."""
+    if cfg.model != "resnet50" or cache.info.get("preprocessing") != cfg.preprocessing.to_dict():
+        return False
+    return cfg.stage2_epoch >= cfg.max_epochs or cfg.unfreeze_depth in cache.cut
+
+
+def trainable(data, base: dict, backbone_state, resources: dict, cache=None):
+    """``train_trial`` bound to its parameters and resources, ready for ``tune.Tuner``. ``with_parameters``
+    puts the data, weights and cache into Ray's object store once; every trial on every node reads them
+    from there (NumPy arrays zero-copy)."""
+    bound = tune.with_parameters(
+        train_trial, data=data, base=base, backbone_state=backbone_state, cache=cache
+    )
     return tune.with_resources(bound, resources)

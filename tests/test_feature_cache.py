@@ -1,0 +1,157 @@
+"""The feature cache: the cached path computes what the plain path computes, and is built once."""
+
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import ray
+import torch
+
+from modules.dataset import prepare_data
+from modules.feature_cache import (
+    BUILDS,
+    CacheTooLarge,
+    CachedDataModule,
+    CachedTail,
+    build_feature_cache,
+    estimate_bytes,
+)
+from modules.finetune import StagedFineTuning
+from modules.lit_module import ClassifierModule
+from modules.networks import ResNet50Classifier
+from modules.phantom import make_phantom
+from modules.transforms import Preprocessing, build_transform, to_tensor
+from tuning import search
+from tuning.cli import run_main
+
+PRE = Preprocessing(image_size=64, resize=72)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepare_data(
+        make_phantom(tmp_path_factory.mktemp("p"), n_per_class=12, size=72, seed=2), synthetic=True
+    )
+
+
+def _network(seed=0):
+    torch.manual_seed(seed)
+    net = ResNet50Classifier(num_classes=2, dropout=0.2)
+    for m in net.modules():  # non-trivial batch-norm statistics, as pretrained weights have
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def test_cached_outputs_equal_the_full_network(data):
+    net = _network()
+    td = data.trial_data()
+    cache = build_feature_cache(
+        net, td.images, td.targets, td.splits, preprocessing=PRE, depths=[1, 2, 3], views=2
+    )
+    val = [i for i, s in enumerate(td.splits) if s == "val"]
+    x = torch.stack([build_transform(PRE, train=False)(to_tensor(td.images[i])) for i in val])
+    with torch.no_grad():
+        full = net(x)
+        pooled = torch.from_numpy(cache.pooled["val"][:, 0].astype(np.float32))
+        assert torch.allclose(CachedTail(net, 1)(pooled), full, atol=2e-2, rtol=2e-2)
+        for depth in (1, 2, 3):
+            cut = torch.from_numpy(cache.cut[depth]["val"][:, 0].astype(np.float32))
+            assert torch.allclose(CachedTail(net, depth)(cut), full, atol=2e-2, rtol=2e-2), depth
+    assert cache.pooled["train"].shape[1] == 2 and cache.cut[1]["train"].shape[2:] == (1024, 4, 4)
+    assert not np.array_equal(cache.pooled["train"][:, 0], cache.pooled["train"][:, 1])  # two different views
+    assert cache.nbytes == estimate_bytes(
+        n_train=len(cache.targets["train"]),
+        n_eval=len(val) + len(cache.targets["test"]),
+        views=2,
+        image_size=64,
+        depths=[1, 2, 3],
+    )
+
+
+def test_too_large_a_cache_is_refused_before_computing(data):
+    td = data.trial_data()
+    before = BUILDS["count"]
+    with pytest.raises(CacheTooLarge, match="over the limit"):
+        build_feature_cache(
+            _network(),
+            td.images,
+            td.targets,
+            td.splits,
+            preprocessing=PRE,
+            depths=[3],
+            views=8,
+            max_bytes=1000,
+        )
+    assert BUILDS["count"] == before
+
+
+def test_cached_stage2_training_changes_only_the_tail(data):
+    net = _network()
+    td = data.trial_data()
+    cache = build_feature_cache(net, td.images, td.targets, td.splits, preprocessing=PRE, depths=[1], views=2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    module = ClassifierModule(network=CachedTail(net, 1), lr=1e-2)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        reload_dataloaders_every_n_epochs=1,
+        callbacks=[StagedFineTuning(stage2_epoch=1, unfreeze_depth=1, backbone_lr=1e-2)],
+    )
+    trainer.fit(module, datamodule=CachedDataModule(cache, depth=1, stage2_epoch=1, batch_size=8))
+    after = net.state_dict()
+    changed = {k.split(".")[0] + "." + k.split(".")[1] for k in after if not torch.equal(before[k], after[k])}
+    assert "backbone.layer4" in changed and "head.1" in changed
+    assert not any(
+        c.startswith(("backbone.layer1", "backbone.layer2", "backbone.layer3", "backbone.conv1"))
+        for c in changed
+    ), changed
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, tmp_path):
+    root = data.images.source
+    before = BUILDS["count"]
+    run = tmp_path / "run"
+    args = [
+        "--space",
+        "resnet_stage2",
+        "--data",
+        root,
+        "--weights",
+        "none",
+        "--num-samples",
+        "3",
+        "--max-epochs",
+        "4",
+        "--grace-period",
+        "4",
+        "--image-size",
+        "32",
+        "--resize",
+        "36",
+        "--batch-size",
+        "8",
+        "--cache-views",
+        "2",
+        "--no-dashboard",
+        "--out",
+        str(run),
+    ]
+    assert run_main(search.main, args) == 0
+    assert BUILDS["count"] == before + 1  # built once, in the driver; trials read it from the object store
+    report = json.loads((run / "report.json").read_text())
+    cache = report["search"]["cache"]
+    assert cache["enabled"] and cache["trials_on_cache"] == 3 and cache["depths"] == [1, 2]
