@@ -205,8 +205,13 @@ def _zip_entries(path: Path) -> tuple[list[_Entry], set[tuple[str, ...]]]:
 
 def _zip_reader(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Reader:
     def read() -> bytes:
-        with zf.open(info) as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
+        try:
+            with zf.open(info) as fh:
+                data = fh.read(MAX_FILE_BYTES + 1)
+        except OSError:
+            raise
+        except Exception as exc:  # bad CRC, corrupt deflate stream, encrypted or unknown compression, ...
+            raise _Skip(f"corrupt or unreadable archive entry ({type(exc).__name__}: {exc})") from None
         if len(data) > MAX_FILE_BYTES:  # the header lied about the size
             raise _Skip(f"archive entry larger than {MAX_FILE_BYTES // 1024**2} MiB")
         return data
@@ -224,10 +229,15 @@ def _find_class_dirs(
         subdirs = sorted(
             d[-1] for d in dirs if len(d) == len(prefix) + 1 and d[:-1] == prefix and not _is_hidden(d[-1:])
         )
+        # entries with a problem (unsafe archive paths, escaping links) are reported as skipped, and must not
+        # turn a wrapping folder into an "unexpected layout"
         files_here = [
             e
             for e in entries
-            if len(e.parts) == len(prefix) + 1 and e.parts[:-1] == prefix and not _is_hidden(e.parts)
+            if len(e.parts) == len(prefix) + 1
+            and e.parts[:-1] == prefix
+            and not _is_hidden(e.parts)
+            and e.problem is None
         ]
         by_lower: dict[str, list[str]] = {}
         for d in subdirs:
@@ -354,14 +364,14 @@ def load_image_set(
     ``DatasetError`` with a message that says what was found and what was expected.
     """
     src = Path(path)
-    source = str(src)
+    source = display_path(str(src))  # printable even when the path holds undecodable bytes
     if not src.exists():
         raise DatasetError(
             f"{source}: no such file or folder; expected a folder with yes/ and no/ or a .zip of one"
         )
     if src.is_dir():
         entries, dirs = _folder_entries(src)
-    elif zipfile.is_zipfile(src):
+    elif src.is_file() and zipfile.is_zipfile(src):  # is_file first: is_zipfile would block on a FIFO
         entries, dirs = _zip_entries(src)
     else:
         raise DatasetError(

@@ -11,9 +11,9 @@ import torch
 from modules.dataset import prepare_data
 from modules.feature_cache import (
     BUILDS,
-    CacheTooLarge,
     CachedDataModule,
     CachedTail,
+    CacheTooLarge,
     build_feature_cache,
     estimate_bytes,
 )

@@ -1,122 +1,204 @@
-"""The phantom generator: deterministic, plausible, learnable but not trivially, and free of near copies."""
+"""The phantom generator: deterministic, well-formed, and learnable but not by intensity alone."""
+
+from __future__ import annotations
 
 import hashlib
+import pathlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from modules.dataset import prepare_data
-from modules.phantom import image_rng, make_phantom, render_slice
+from modules import phantom
+from modules.phantom import MASS_KINDS, encode_png, main, make_phantom, render_example, render_slice
 
 
-def _digest(root):
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in root.rglob("*.png")
-    }
+def _files(root: pathlib.Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_deterministic_and_independent_of_set_size(tmp_path):
-    a = _digest(make_phantom(tmp_path / "a", n_per_class=5, size=64, seed=1))
-    b = _digest(make_phantom(tmp_path / "b", n_per_class=5, size=64, seed=1))
-    c = _digest(make_phantom(tmp_path / "c", n_per_class=3, size=64, seed=1))
+def _load(root: pathlib.Path, classes: tuple[str, ...] = ("no", "yes")) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).iterdir()):
+            images.append(np.asarray(Image.open(path)))
+            labels.append(label)
+    return np.stack(images), np.array(labels)
+
+
+def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(steps):
+        out = out | np.roll(out, 1, 0) | np.roll(out, -1, 0) | np.roll(out, 1, 1) | np.roll(out, -1, 1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- determinism
+def test_same_arguments_give_the_same_bytes(tmp_path):
+    a = _files(make_phantom(tmp_path / "a", n_per_class=3, size=48, seed=7))
+    b = _files(make_phantom(tmp_path / "b", n_per_class=3, size=48, seed=7))
     assert a == b
-    assert all(a[k] == v for k, v in c.items())
-    assert _digest(make_phantom(tmp_path / "d", n_per_class=5, size=64, seed=2)) != a
+    c = _files(make_phantom(tmp_path / "c", n_per_class=3, size=48, seed=8))
+    assert all(a[name] != c[name] for name in a)
 
 
-def test_layout_counts_and_format(tmp_path):
-    root = make_phantom(tmp_path / "p", n_per_class=4, size=48, seed=0)
-    for cls in ("no", "yes"):
-        files = sorted((root / cls).glob("*.png"))
-        assert len(files) == 4
-        img = Image.open(files[0])
-        assert img.mode == "L" and img.size == (48, 48)
+def test_image_i_does_not_depend_on_n_per_class(tmp_path):
+    three = _files(make_phantom(tmp_path / "three", n_per_class=3, size=40))
+    five = _files(make_phantom(tmp_path / "five", n_per_class=5, size=40))
+    assert len(three) == 6 and len(five) == 10
+    assert all(five[name] == data for name, data in three.items())
 
 
-def test_masses_lie_inside_the_head_and_vary():
-    areas, contrasts = [], []
+def test_bytes_are_pinned():
+    # Golden hashes: a change here means the phantom changed for every user (and every data fingerprint in
+    # reports). Update them only for a deliberate change to the generator; on a new platform, a mismatch means
+    # float arithmetic leaked into the output and must be fixed, not re-pinned.
+    digests = [hashlib.sha256(encode_png(render_example(c, i, size=32)[0])).hexdigest()[:16] for c in (0, 1)
+               for i in (0, 1)]
+    assert digests == PINNED_DIGESTS
+
+
+PINNED_DIGESTS: list[str] = []
+
+
+# ----------------------------------------------------------------------------------------------- files
+def test_layout_counts_and_names(tmp_path):
+    root = make_phantom(tmp_path / "set", n_per_class=4, size=32)
+    assert root == tmp_path / "set"
+    assert sorted(p.name for p in root.iterdir()) == ["no", "yes"]
+    for name in ("no", "yes"):
+        assert sorted(p.name for p in (root / name).iterdir()) == sorted(f"{name}_{i}.png" for i in range(4))
+
+
+def test_files_are_grayscale_pngs_of_the_size_asked_for(tmp_path):
+    root = make_phantom(tmp_path, n_per_class=2, size=72, seed=3)
+    for ci, name in enumerate(("no", "yes")):
+        for i in range(2):
+            with Image.open(root / name / f"{name}_{i}.png") as im:
+                im.load()
+                assert (im.format, im.mode, im.size) == ("PNG", "L", (72, 72))
+                np.testing.assert_array_equal(np.asarray(im), render_example(ci, i, size=72, seed=3)[0])
+
+
+def test_png_encoder_round_trips_through_pillow(tmp_path):
+    # 300 x 260 is over 65535 raw bytes: the stream needs several stored deflate blocks.
+    img = np.random.default_rng(0).integers(0, 256, size=(260, 300), dtype=np.uint8)
+    path = tmp_path / "x.png"
+    path.write_bytes(encode_png(img))
+    with Image.open(path) as im:
+        np.testing.assert_array_equal(np.asarray(im), img)
+
+
+def test_rerun_into_the_same_folder_is_allowed_but_foreign_files_are_refused(tmp_path):
+    make_phantom(tmp_path, n_per_class=2, size=32)
+    make_phantom(tmp_path, n_per_class=2, size=32)
+    with pytest.raises(ValueError, match="no/no_2.png"):
+        make_phantom(tmp_path, n_per_class=1, size=32)  # would leave stale no_1.png, yes_1.png behind
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="notes.txt"):
+        make_phantom(tmp_path, n_per_class=2, size=32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_per_class": 0}, "n_per_class"),
+        ({"size": 16}, "size"),
+        ({"seed": -1}, "seed"),
+        ({"classes": ("no",)}, "2 to"),
+        ({"classes": ("no", "yes", "a", "b", "c", "d")}, "2 to"),
+        ({"classes": ("no", "no")}, "distinct"),
+        ({"classes": ("no", "../yes")}, "folder name"),
+    ],
+)
+def test_bad_arguments_raise_value_error(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_phantom(tmp_path / "set", **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- masses
+def test_no_mass_gives_no_mask():
+    img, mask = render_slice(np.random.default_rng(0), size=64, mass=False)
+    assert img.dtype == np.uint8 and img.shape == (64, 64) and mask is None
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_yes_masks_have_area_inside_the_head(size):
     for i in range(12):
-        img, mask = render_slice(image_rng(0, 1, i), size=96, mass=True)
-        assert img.dtype == np.uint8 and mask is not None and mask.any()
-        ys, xs = np.nonzero(mask)
-        assert 5 < ys.mean() < 91 and 5 < xs.mean() < 91
+        img, mask = render_example(1, i, size=size)
+        assert mask is not None and mask.dtype == bool and mask.shape == img.shape
+        assert 0 < mask.sum() < 0.15 * mask.size
+        head_rows, head_cols = np.nonzero(img > 60)  # the bright skull ring bounds the head
+        rows, cols = np.nonzero(mask)
+        assert head_rows.min() < rows.min() and rows.max() < head_rows.max()
+        assert head_cols.min() < cols.min() and cols.max() < head_cols.max()
+
+
+def test_masses_vary_in_size_and_contrast():
+    areas, contrasts = [], []
+    for i in range(30):
+        img, mask = render_example(1, i, size=128)
+        around = _dilate(mask, 4) & ~_dilate(mask, 1)
         areas.append(mask.sum())
-        contrasts.append(float(img[mask].mean()) - float(img[~mask & (img > 30)].mean()))
-    assert max(areas) > 2 * min(areas)
-    assert min(contrasts) < 0 < max(contrasts) or max(contrasts) - min(contrasts) > 20
-    _, none = render_slice(image_rng(0, 0, 0), size=96, mass=False)
-    assert none is None
+        contrasts.append(img[mask].mean() - img[around].mean())
+    areas, contrasts = np.array(areas), np.array(contrasts)
+    assert areas.max() > 4 * areas.min()
+    assert (contrasts > 40).any()  # clearly brighter than the tissue around it
+    assert (np.abs(contrasts) < 15).any()  # faint
+    assert (contrasts < 0).any()  # darker
+
+
+@pytest.mark.parametrize("kind", MASS_KINDS)
+def test_every_mass_kind_renders(kind):
+    areas = []
+    for i in range(4):
+        img, mask = render_slice(phantom.image_rng(5, 1, i), size=64, mass=True, kind=kind)
+        assert img.shape == (64, 64) and mask is not None
+        areas.append(mask.sum())
+    assert min(areas) > 0
 
 
 def test_three_classes(tmp_path):
-    root = make_phantom(tmp_path / "m", n_per_class=2, size=48, seed=0, classes=("none", "a", "b"))
-    assert sorted(p.name for p in root.iterdir()) == ["a", "b", "none"]
+    classes = ("healthy", "bright", "ring")
+    root = make_phantom(tmp_path, n_per_class=3, size=48, classes=classes)
+    images, labels = _load(root, classes)
+    assert images.shape == (9, 48, 48) and np.bincount(labels).tolist() == [3, 3, 3]
+    assert [phantom.mass_kind(k) for k in range(3)] == [None, MASS_KINDS[0], MASS_KINDS[1]]
+    for k in (1, 2):
+        assert all(render_example(k, i, size=48)[1].any() for i in range(3))
 
 
-def test_no_two_phantoms_are_grouped_as_near_copies(tmp_path):
-    data = prepare_data(make_phantom(tmp_path / "p", n_per_class=40, size=96, seed=0), synthetic=True)
-    assert data.dups.clusters == []
+# ----------------------------------------------------------------------------------------------- CLI
+def test_cli_writes_and_reports(tmp_path, capsys):
+    assert main([str(tmp_path / "out"), "--n-per-class", "2", "--size", "32", "--seed", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 4 synthetic phantom PNGs" in out and "32x32" in out and "seed 4" in out
+    assert len(_files(tmp_path / "out")) == 4
 
 
-def test_brightness_alone_does_not_separate_the_classes():
-    stats = {0: [], 1: []}
-    for label in (0, 1):
-        for i in range(40):
-            img, _ = render_slice(image_rng(0, label, i), size=64, mass=bool(label))
-            stats[label].append((float(img.max()), float(img.mean())))
-    for k in (0, 1):  # the best single threshold on max or on mean intensity
-        values = np.array([s[k] for s in stats[0]] + [s[k] for s in stats[1]])
-        labels = np.array([0] * 40 + [1] * 40)
-        best = max(max(((values >= t) == labels).mean(), ((values < t) == labels).mean()) for t in values)
-        assert best < 0.95
+def test_cli_rejects_bad_input_and_documents_defaults(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--size", "8"])
+    assert exit_info.value.code == 2 and "size" in capsys.readouterr().err
+    flags = [a for a in phantom.get_args_parser()._actions if a.option_strings and a.dest != "help"]
+    assert flags and all("default" in a.help for a in flags)
 
 
-@pytest.mark.slow
-def test_a_small_cnn_learns_it_but_not_after_one_epoch():
+# ----------------------------------------------------------------------------------------------- learnability
+def _best_threshold_accuracy(values: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy of the best single threshold on `values`, either way round, chosen on these very images."""
+    return max(max(a, 1.0 - a) for a in (float(((values >= t) == labels).mean()) for t in np.unique(values)))
+
+
+def test_intensity_statistics_alone_do_not_separate_the_classes(tmp_path):
+    images, labels = _load(make_phantom(tmp_path, n_per_class=40, size=64))
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    stats = {"max": flat.max(1), "mean": flat.mean(1), "std": flat.std(1), "p99": np.percentile(flat, 99, axis=1)}
+    for name, values in stats.items():
+        best = _best_threshold_accuracy(values, labels)
+        assert best < 0.95, f"a threshold on the {name} intensity separates the classes ({best:.2f})"
+
+
+def test_a_tiny_cnn_learns_the_phantom(tmp_path):
     torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    imgs, labels = [], []
-    for label in (0, 1):
-        for i in range(100):
-            img, _ = render_slice(image_rng(7, label, i), size=64, mass=bool(label))
-            imgs.append(img)
-            labels.append(label)
-    x = torch.tensor(np.stack(imgs), dtype=torch.float32).unsqueeze(1) / 255.0
-    y = torch.tensor(labels)
-    order = torch.randperm(len(y))
-    x, y = x[order], y[order]
-    n_train = 150
-
-    def block(i, o):
-        return [
-            torch.nn.Conv2d(i, o, 3, padding=1),
-            torch.nn.BatchNorm2d(o),
-            torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2),
-        ]
-
-    net = torch.nn.Sequential(
-        *block(1, 16),
-        *block(16, 32),
-        *block(32, 64),
-        torch.nn.AdaptiveMaxPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(64, 2),
-    )
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    accs = []
-    for _ in range(10):
-        net.train()
-        perm = torch.randperm(n_train)
-        for b in range(0, n_train, 16):
-            idx = perm[b : b + 16]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[:n_train][idx]), y[:n_train][idx]).backward()
-            opt.step()
-        net.eval()
-        with torch.no_grad():
-            accs.append((net(x[n_train:]).argmax(1) == y[n_train:]).float().mean().item())
-    assert accs[0] < 0.9, accs  # not trivial: one epoch is not enough
-    assert max(accs[-5:]) >= 0.6, accs  # but learnable from 150 images (0.72 seen here)
+    raise NotImplementedError
