@@ -128,7 +128,15 @@ def _folder_entries(root: Path) -> tuple[list[_Entry], set[tuple[str, ...]]]:
     real_root = root.resolve()
     entries: list[_Entry] = []
     dirs: set[tuple[str, ...]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+
+    def unreadable(err: OSError) -> None:  # os.walk would silently leave out a folder it cannot list
+        rel = Path(err.filename).relative_to(root).parts if err.filename else ()
+        if not rel:
+            raise DatasetError(f"{root}: cannot read the folder ({err.strerror or err})") from None
+        dirs.add(tuple(rel))
+        entries.append(_Entry(tuple(rel), problem=f"unreadable folder ({err.strerror or err})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=unreadable):
         rel = Path(dirpath).relative_to(root).parts
         dirs.add(tuple(rel))
         for name in list(dirnames):
@@ -398,7 +406,10 @@ def load_image_set(
                 counts[label] += 1
     # entries outside the class folders are never read: unsafe ones are reported, others (README, manifest) ignored
     ignored: list[str] = []
+    class_dirs = {(*prefix, spelled[label]) for label in classes}  # unreadable class folders: reported above
     for entry in entries:
+        if entry.parts in class_dirs:
+            continue
         if entry.parts[: len(prefix)] != prefix or len(entry.parts) == len(prefix) + 1:
             if entry.problem:
                 skipped.append(Skipped("/".join(entry.parts), entry.problem))

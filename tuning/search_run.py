@@ -41,9 +41,11 @@ def start_ray(s: SearchSettings) -> None:
     """Join ``s.address``, or start a local Ray with its dashboard on ``s.dashboard_host`` (localhost)."""
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+    auth_mode = os.environ.get("RAY_AUTH_MODE")  # unset: on for a local Ray; set to anything but token: off
+    if auth_mode is not None and auth_mode.lower() != "token":
         warn(
-            "RAY_AUTH_MODE=disabled: Ray's token authentication is off; anyone who reaches its ports can run code"
+            f"RAY_AUTH_MODE={auth_mode}: Ray's token authentication is off; anyone who reaches its ports can run "
+            "code"
         )
     if s.address:
         ray.init(address=s.address, log_to_driver=False)
