@@ -32,18 +32,30 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> list[float]:
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
+def rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic with mid-ranks for ties: the value of sklearn's
+    ``roc_auc_score``, without its input validation (which costs ~30 ms a call, 2000 calls per interval)."""
+    y = np.asarray(labels) == 1
+    _, inverse, counts = np.unique(np.asarray(scores), return_inverse=True, return_counts=True)
+    mid_ranks = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based, ties share their mean rank
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    return float((mid_ranks[inverse][y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
 def bootstrap_auc_interval(
     labels: np.ndarray, probs: np.ndarray, *, seed: int = 0, n_boot: int = 2000
 ) -> list[float]:
     """Percentile bootstrap 95% interval of the ROC AUC (resamples lacking a class are redrawn)."""
     rng = np.random.default_rng(seed)
+    labels, probs = np.asarray(labels), np.asarray(probs)
     n = len(labels)
     values = []
     for _ in range(n_boot):
         idx = rng.integers(0, n, n)
         if labels[idx].min() == labels[idx].max():
             continue
-        values.append(roc_auc_score(labels[idx], probs[idx]))
+        values.append(rank_auc(labels[idx], probs[idx]))
     if not values:
         return [math.nan, math.nan]
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]

@@ -1,0 +1,152 @@
+"""modules.checkpoint: model.pt files load into an eval-mode network; anything else is refused in one line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modules import checkpoint as ckpt_mod
+from modules.checkpoint import (
+    CheckpointError,
+    decide_labels,
+    eval_transform,
+    load_classifier,
+    predict_probabilities,
+    read_checkpoint,
+)
+from modules.networks import PyTorchCNN, ResNet50Classifier
+from tests.tiny_run import tiny_run
+from tuning import engine, evaluate, predict
+from tuning.cli import run_main
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def payload(run) -> dict:
+    return torch.load(run.checkpoint, map_location="cpu", weights_only=True)
+
+
+def test_format_constants_agree_with_the_writer():
+    assert ckpt_mod.CHECKPOINT_FORMAT == engine.CHECKPOINT_FORMAT
+    assert engine.CHECKPOINT_VERSION in ckpt_mod.SUPPORTED_VERSIONS
+
+
+def test_load_classifier_rebuilds_the_network_in_eval_mode(run, payload):
+    network, meta = load_classifier(run.checkpoint)
+    assert isinstance(network, PyTorchCNN) and not network.training
+    assert "state_dict" not in meta and meta["path"] == str(run.checkpoint)
+    assert meta["classes"] == ["no", "yes"] and meta["positive_class"] == "yes"
+    assert meta["data"]["fingerprint"] == run.data.images.fingerprint
+    for key, value in network.state_dict().items():
+        assert torch.equal(value, payload["state_dict"][key]), key
+    transform = eval_transform(meta)
+    images = [run.data.images.records[i].pixels for i in run.data.indices("test")]
+    assert transform(torch.from_numpy(images[0])[None]).shape == (3, 32, 32)
+    probs = predict_probabilities(network, images, transform, batch_size=4)
+    assert probs.shape == (len(images), 2) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert np.array_equal(probs, predict_probabilities(network, images, transform, batch_size=32))
+    labels = decide_labels(np.array([[0.2, 0.8], [0.7, 0.3]]), meta, threshold=0.5)
+    assert labels == ["yes", "no"]
+
+
+def test_resnet50_checkpoint_loads_without_downloading(payload, tmp_path):
+    net = ResNet50Classifier(dropout=0.2)
+    path = tmp_path / "r50.pt"
+    torch.save(
+        {
+            **payload,
+            "model": "resnet50",
+            "network_hparams": {"dropout": 0.2},
+            "weights_source": "torchvision:IMAGENET1K_V2",
+            "state_dict": net.state_dict(),
+        },
+        path,
+    )
+    network, meta = load_classifier(path)
+    assert isinstance(network, ResNet50Classifier) and not network.training
+    assert torch.equal(network.head[1].weight, net.head[1].weight)
+    assert meta["network_hparams"] == {"dropout": 0.2}  # weights="none" is used, not stored back
+
+
+def _save(path: Path, obj) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+BAD = {
+    "bare state_dict": (lambda p, pl: _save(p, PyTorchCNN(depth=2).state_dict()), "bare state_dict"),
+    "lightning ckpt": (
+        lambda p, pl: _save(
+            p,
+            {
+                "epoch": 3,
+                "global_step": 40,
+                "pytorch-lightning_version": "2.4.0",
+                "state_dict": {"network." + k: v for k, v in pl["state_dict"].items()},
+                "hyper_parameters": {"lr": 0.001},
+            },
+        ),
+        "PyTorch Lightning checkpoint",
+    ),
+    "other format": (lambda p, pl: _save(p, {**pl, "format": "someone/else"}), "has format 'someone/else'"),
+    "future version": (lambda p, pl: _save(p, {**pl, "format_version": 7}), "format_version 7"),
+    "arbitrary pickle": (
+        lambda p, pl: _save(p, {**pl, "extra": argparse.Namespace(x=1)}),
+        "refused it (Unsupported global: GLOBAL argparse.Namespace",
+    ),
+    "not a pickle": (
+        lambda p, pl: p.write_bytes(b"PK\x03\x04 not a checkpoint at all" * 4) and p,
+        "refused it",
+    ),
+    "empty file": (lambda p, pl: p.write_bytes(b"") or p, "refused it"),
+    "wrong shapes": (
+        lambda p, pl: _save(p, {**pl, "network_hparams": {**pl["network_hparams"], "width": 4}}),
+        "do not fit the described network",
+    ),
+    "malformed classes": (
+        lambda p, pl: _save(p, {**pl, "classes": "noyes"}),
+        "malformed field(s) ['classes']",
+    ),
+    "unknown positive class": (
+        lambda p, pl: _save(p, {**pl, "positive_class": "tumour"}),
+        "inconsistent description",
+    ),
+    "a list": (lambda p, pl: _save(p, [torch.zeros(2)]), "holds a list"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_checkpoints_are_refused_in_one_line(case, payload, tmp_path, capsys):
+    make, expected = BAD[case]
+    path = make(tmp_path / "model.pt", payload)
+    with pytest.raises(CheckpointError) as info:
+        load_classifier(path)
+    message = str(info.value)
+    assert isinstance(info.value, ValueError) and expected in message and "\n" not in message
+    assert "weights_only set to" not in message and "safe_globals" not in message  # no advice to trust it
+    code = run_main(
+        evaluate.main, ["--checkpoint", str(path), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert (
+        code == 2 and err.startswith("error: checkpoint") and err.count("\n") == 1 and "Traceback" not in err
+    )
+
+
+def test_missing_checkpoint_and_predict_cli(tmp_path, capsys):
+    with pytest.raises(CheckpointError, match="no such file"):
+        read_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "sd.pt").write_bytes(b"")
+    code = run_main(
+        predict.main, ["--checkpoint", str(tmp_path / "sd.pt"), str(tmp_path), "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: checkpoint") and "Traceback" not in err

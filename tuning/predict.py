@@ -1,0 +1,271 @@
+"""``python -m tuning.predict --checkpoint CKPT IMAGE_OR_FOLDER...``: label new scans, with a heat map of the
+evidence.
+
+For each image (folders are walked recursively; symlinks leaving a given folder are refused) it prints and
+writes to ``--out``/``predictions.csv`` the probability of the checkpoint's positive class (a tumour) and the
+label at ``--threshold``, and writes ``heatmaps/<n>-<name>.png``: the Grad-CAM map of the positive class
+(where the evidence for a tumour lies) over the scan, at the scan's own size. Images are decoded exactly as
+the training data were (content-based format, explicit grayscale). Files that cannot be read are listed with
+the reason, in the table and in the CSV, and the others are still labelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+import shlex
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from PIL import Image
+
+from modules.checkpoint import (
+    decide_labels,
+    eval_transform,
+    load_classifier,
+    positive_index,
+    predict_probabilities,
+    preprocessing,
+)
+from modules.gradcam import default_target_layer, grad_cam, to_image_geometry
+from modules.ingest import (  # the ingest's own walking, reading and decoding: the same rules as training
+    KEEP_MAX_SIDE,
+    DatasetError,
+    _folder_entries,
+    _is_hidden,
+    _read_limited,
+    _shrink,
+    _Skip,
+    decode_image,
+    display_path,
+)
+from modules.transforms import to_tensor
+from tuning.cli import run_main
+from tuning.evaluate import default_out, model_info
+from tuning.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+CSV_FIELDS = ("path", "probability", "label", "heatmap", "width", "height", "error")
+HEAT_ALPHA = 0.6  # opacity of the colour map where the heat is 1; it fades to the plain scan where it is 0
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file: how to read it, or why it cannot be read."""
+
+    path: str  # as shown to the user
+    read: Callable[[], bytes] | None = None
+    problem: str | None = None
+
+
+def collect_sources(paths: list[str | Path]) -> list[Source]:
+    """The files named or found under the folders named, in order; folders are walked recursively without
+    following links (hidden and system files are left out), and a symlink leaving its folder is refused."""
+    out: list[Source] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            out += list(_walk(path))
+        elif path.is_file():  # named explicitly: read it even through a symlink
+            out.append(Source(str(path), read=lambda p=path: _read_limited(p)))
+        elif path.is_symlink():
+            out.append(Source(str(path), problem="broken symlink"))
+        elif path.exists():  # a FIFO, socket or device: reading it could block or never end
+            out.append(Source(str(path), problem="not a regular file"))
+        else:
+            out.append(Source(str(path), problem="no such file or folder"))
+    return out
+
+
+def _walk(root: Path) -> Iterator[Source]:
+    try:
+        entries, _ = _folder_entries(root)
+    except DatasetError as err:  # the folder itself cannot be listed: one unreadable row, not a failure
+        yield Source(display_path(str(root)), problem=str(err).split(": ", 1)[-1])
+        return
+    for entry in sorted(entries, key=lambda e: e.parts):
+        if _is_hidden(entry.parts):
+            continue
+        shown = display_path(str(root.joinpath(*entry.parts)))
+        problem = entry.problem and entry.problem.replace("the dataset root", "the given folder")
+        yield Source(shown, read=entry.read, problem=problem)
+
+
+def overlay(pixels: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) picture: the grayscale scan (H, W) under the 'jet' colour map of ``heat``
+    (H, W, in [0, 1]), blended in proportion to the heat so that cold regions show the plain scan."""
+    if pixels.shape != heat.shape:
+        raise ValueError(f"scan {pixels.shape} and heat map {heat.shape} differ in size")
+    # bytes=True: the colour map's uint8 output, a quarter of its float64 one on a large scan
+    colour = matplotlib.colormaps["jet"](heat, bytes=True)[..., :3].astype(np.float32)
+    alpha = (HEAT_ALPHA * heat.astype(np.float32))[..., None]
+    blend = (1.0 - alpha) * pixels.astype(np.float32)[..., None] + alpha * colour
+    return np.rint(blend).clip(0, 255).astype(np.uint8)
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _heatmap_name(n: int, path: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem).strip("._")[:60] or "image"
+    return f"heatmaps/{n:04d}-{stem}.png"
+
+
+def _decode(source: Source) -> tuple[np.ndarray | None, str]:
+    if source.problem is not None:
+        return None, source.problem
+    try:
+        pixels, *_ = decode_image(source.read())
+    except _Skip as skip:
+        return None, str(skip)
+    except PermissionError:
+        return None, "permission denied (unreadable file)"
+    except OSError as exc:
+        return None, f"cannot read ({exc.strerror or exc})"
+    return pixels, ""
+
+
+def run_prediction(
+    checkpoint: str | Path,
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    threshold: float = 0.5,
+    heatmaps: bool = True,
+    command: str = "",
+) -> tuple[list[dict], dict]:
+    """Label every image of ``inputs``, write ``predictions.csv``, the heat maps and ``predict.json`` into
+    ``out_dir``. Returns (rows, meta): the CSV rows (``probability`` None and ``error`` the reason for a file
+    that cannot be read) and the checkpoint's description (``modules.checkpoint.load_classifier``)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+    network, meta = load_classifier(checkpoint)
+    transform, pos = eval_transform(meta), positive_index(meta)
+    pre, layer = preprocessing(meta), default_target_layer(network)
+    sources = collect_sources(inputs)
+    if not sources:
+        raise ValueError(
+            f"no files found in {', '.join(map(str, inputs))}; expected images or folders of images"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n, source in enumerate(sources):
+        row = dict.fromkeys(CSV_FIELDS, None) | {"path": source.path, "error": ""}
+        pixels, row["error"] = _decode(source)
+        if pixels is not None:
+            shown = _shrink(pixels, KEEP_MAX_SIDE)  # what ingest keeps, so the numbers match tuning.evaluate
+            probs = predict_probabilities(network, [shown], transform)
+            row["probability"] = float(probs[0, pos])
+            row["label"] = decide_labels(probs, meta, threshold=threshold)[0]
+            row["height"], row["width"] = pixels.shape
+            if heatmaps:
+                cam = grad_cam(network, transform(to_tensor(shown))[None], layer, pos)
+                heat = to_image_geometry(cam, pre, *pixels.shape)
+                row["heatmap"] = _heatmap_name(n, source.path)
+                atomic_write_bytes(out / row["heatmap"], _png(overlay(pixels, heat)))
+        rows.append(row)
+    atomic_write_text(out / "predictions.csv", _csv(rows))
+    atomic_write_json(
+        out / "predict.json",
+        {
+            "kind": "predict",
+            "command": command,
+            "model": model_info(meta),
+            "threshold": threshold,
+            "heatmap": "Grad-CAM of the positive class at "
+            + ("backbone.layer4" if meta["model"] == "resnet50" else "the last conv block's ReLU"),
+            "images": len(rows),
+            "unreadable": sum(1 for r in rows if r["error"]),
+            "artifacts": {"predictions": "predictions.csv", "heatmaps": "heatmaps/" if heatmaps else None},
+        },
+    )
+    return rows, meta
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        p = row["probability"]
+        writer.writerow({**row, "probability": "" if p is None else f"{p:.6f}"})
+    return buf.getvalue()
+
+
+def format_table(rows: list[dict], positive: str) -> str:
+    width = min(60, max([len(r["path"]) for r in rows] + [4]))
+    lines = [f"{'path':<{width}}  {'P(' + positive + ')':>8}  {'label':<8}  heat map / problem"]
+    for r in rows:
+        path = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3) :]
+        if r["error"]:
+            lines.append(f"{path:<{width}}  {'-':>8}  {'-':<8}  unreadable: {r['error']}")
+        else:
+            lines.append(f"{path:<{width}}  {r['probability']:>8.3f}  {r['label']:<8}  {r['heatmap'] or ''}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tuning.predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="model.pt written by tuning.train or tuning.search")
+    p.add_argument(
+        "inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="probability of the positive class from which an image gets that label (default: 0.5)",
+    )
+    p.add_argument(
+        "--no-heatmaps", action="store_true", help="skip the Grad-CAM heat maps (default: write them)"
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
+    p.add_argument("--out", default=None, help="folder to write (default: results/predict-<timestamp>/)")
+    p.add_argument("--overwrite", action="store_true", help="allow replacing an existing predictions.csv")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    out = Path(args.out) if args.out else default_out("predict")
+    if (out / "predictions.csv").exists() and not args.overwrite:
+        raise ValueError(f"{out} already holds a predictions.csv; choose another --out or pass --overwrite")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python -m tuning.predict " + shlex.join(argv if argv is not None else sys.argv[1:])
+    rows, meta = run_prediction(
+        args.checkpoint,
+        args.inputs,
+        out,
+        threshold=args.threshold,
+        heatmaps=not args.no_heatmaps,
+        command=command,
+    )
+    print(format_table(rows, meta["positive_class"]))
+    bad = sum(1 for r in rows if r["error"])
+    print(
+        f"\n{len(rows) - bad} labelled, {bad} unreadable; threshold {args.threshold} on P({meta['positive_class']})"
+    )
+    print(f"written: {out}/predictions.csv" + ("" if args.no_heatmaps else f", {out}/heatmaps/"))
+    return 0 if bad < len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
