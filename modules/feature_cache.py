@@ -193,12 +193,22 @@ class CachedViews(Dataset):
         return len(self.features)
 
     def __getitem__(self, i: int):
-        k = (
-            int(torch.randint(self.features.shape[1], ()).item())
-            if self.train and self.features.shape[1] > 1
-            else 0
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch in one NumPy gather (the DataLoader calls this instead of one item at a time)."""
+        idx = np.asarray(indices)
+        k = self.features.shape[1]
+        views = (
+            torch.randint(k, (len(idx),)).numpy() if self.train and k > 1 else np.zeros(len(idx), np.int64)
         )
-        return torch.from_numpy(self.features[i, k].astype(np.float32)), self.targets[i]
+        batch = torch.from_numpy(self.features[idx, views].astype(np.float32))
+        return batch, self.targets[torch.from_numpy(idx)]
+
+
+def _batch_as_is(batch):
+    """``CachedViews.__getitems__`` returns a collated batch already."""
+    return batch
 
 
 class CachedDataModule(pl.LightningDataModule):
@@ -225,7 +235,9 @@ class CachedDataModule(pl.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         ds = CachedViews(self._features(split), self.cache.targets[split], train=split == "train")
         gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=split == "train", generator=gen)
+        return DataLoader(
+            ds, batch_size=self.batch_size, shuffle=split == "train", generator=gen, collate_fn=_batch_as_is
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
