@@ -398,3 +398,24 @@ def test_search_completes_when_a_node_of_a_two_node_cluster_dies(slow_phantom, t
     assert sum(s["num_failures"] for s in states.values()) >= 1, states
     report = json.loads((run / "report.json").read_text())
     assert report["search"]["trials"]["terminated"] == 4
+
+
+def test_disk_full_during_a_command_is_one_error_line(tmp_path, monkeypatch, capsys):
+    from tuning import data as data_cli
+    from tuning import files
+    from tuning.cli import run_main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "atomic_write_bytes", full)
+    monkeypatch.setattr(data_cli, "atomic_write_text", lambda path, text: full())
+    from tests.conftest import scan, write_image
+
+    for i in range(6):
+        write_image(tmp_path / "d" / "yes" / f"y{i}.png", scan(300 + i, mass=True))
+        write_image(tmp_path / "d" / "no" / f"n{i}.png", scan(400 + i))
+    code = run_main(data_cli.main, [str(tmp_path / "d"), "--write-split", str(tmp_path / "split.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1] == "error: No space left on device" and not any("Traceback" in line for line in err)
