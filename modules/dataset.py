@@ -23,7 +23,6 @@ from modules.split import (
     split_counts,
 )
 
-PHANTOM_VERSION = 1
 DEMO_PHANTOM = {"n_per_class": 60, "size": 128, "seed": 0}
 
 
@@ -164,11 +163,11 @@ def prepare_data(
 
 def demo_data_dir(cache: str | os.PathLike | None = None) -> Path:
     """The built-in phantom set, generated once (deterministically) into a cache folder, atomically."""
-    from modules.phantom import make_phantom
+    from modules.phantom import VERSION, make_phantom
 
     base = Path(cache or os.environ.get("MRI_TUNE_CACHE") or Path("results") / ".cache")
     p = DEMO_PHANTOM
-    target = base / f"phantom-v{PHANTOM_VERSION}-n{p['n_per_class']}-s{p['size']}-seed{p['seed']}"
+    target = base / f"phantom-v{VERSION}-n{p['n_per_class']}-s{p['size']}-seed{p['seed']}"  # new generator: new set
     if target.is_dir():
         return target
     base.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,9 @@ CLASSES = ("no", "yes")
 # The mass of class k (k >= 1) is MASS_KINDS[k - 1]; the first class never has one.
 MASS_KINDS = ("irregular", "round_bright_peripheral", "ring_central", "diffuse")
 MIN_SIZE, MAX_SIZE = 32, 2048
+# Bumped on every change to the images written (tests/test_phantom.py pins their bytes), so that a cached set
+# made by an older generator is never taken for a current one.
+VERSION = 2
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -145,6 +148,7 @@ def _distractors(rng: np.random.Generator, fr: _Frame, r_brain: float) -> np.nda
 
 def _point_in_disc(rng: np.random.Generator, radius: float, inner: float = 0.0) -> tuple[float, float]:
     """Uniform point in the annulus inner <= |p| <= radius (head units), by rejection (no trigonometry)."""
+    assert 0.0 <= inner < radius, (inner, radius)  # else the loop below would never end
     while True:
         u, v = _u(rng, -radius, radius), _u(rng, -radius, radius)
         if inner * inner <= u * u + v * v <= radius * radius:
@@ -188,24 +192,26 @@ def _mass(rng: np.random.Generator, fr: _Frame, r_brain: float, kind: str) -> tu
     px = fr.px
     min_radius = 2.0 * px  # keeps even the smallest mass a few pixels wide at 32 px
     if kind == "irregular":
-        # Mostly medium and bright, like the enhancing tumours of the real set; about one in five is small and
-        # about one in seven is faint (either sign), so a perfect score needs more than a bright-blob detector.
-        small = rng.random() < 0.2
-        radius = max(r_brain * (_u(rng, 0.11, 0.16) if small else _u(rng, 0.16, 0.3)), min_radius)
+        # Mostly medium and bright, like the enhancing tumours of the real set; about one in seven is small,
+        # one in twelve dark with a bright rim and one in eight faint (either sign), so the task is learnable
+        # from a few dozen images (tests/test_phantom.py) but a perfect score needs more than a blob detector.
+        small = rng.random() < 0.15
+        radius = max(r_brain * (_u(rng, 0.11, 0.16) if small else _u(rng, 0.17, 0.32)), min_radius)
         centre = _point_in_disc(rng, 0.78 * r_brain - radius)
         lobes = _blob(rng, fr, centre, radius, lobes=int(rng.integers(2, 5)), roundness=0.45)
         w = _blob_weight(fr, lobes, _u(rng, 0.6, 2.5) * px)
         tex = 1.0 + 0.25 * _lowfreq(rng, fr.size, 12)  # heterogeneous inside
         mode = rng.random()
-        if mode < 0.75:  # brighter than tissue
-            return _u(rng, 0.25, 0.45) * w * tex, w
-        if mode < 0.85:  # darker core with a bright rim
+        if mode < 0.8:  # brighter than tissue
+            return _u(rng, 0.28, 0.45) * w * tex, w
+        if mode < 0.88:  # darker core with a bright rim
             core = _blob_weight(fr, lobes, _u(rng, 0.6, 1.5) * px, scale=0.7)
             return (_u(rng, 0.2, 0.35) * (w - core) + _u(rng, -0.3, -0.15) * core) * tex, w
         return _u(rng, 0.05, 0.1) * (1.0 if rng.random() < 0.5 else -1.0) * w * tex, w  # faint
     if kind == "round_bright_peripheral":
         radius = max(r_brain * _u(rng, 0.1, 0.2), min_radius)
-        centre = _point_in_disc(rng, 0.86 * r_brain - radius, inner=0.6 * r_brain)
+        outer = 0.86 * r_brain - radius  # a small head at 32 px leaves little room for the minimum radius
+        centre = _point_in_disc(rng, outer, inner=min(0.6 * r_brain, 0.5 * outer))
         lobes = _blob(rng, fr, centre, radius, lobes=1, roundness=0.85)
         w = _blob_weight(fr, lobes, _u(rng, 0.5, 1.2) * px)
         return _u(rng, 0.2, 0.4) * w, w
@@ -317,11 +323,11 @@ def encode_png(img: np.ndarray) -> bytes:
 
 # ----------------------------------------------------------------------------------------------- sets
 def _check_args(root: pathlib.Path, n_per_class: int, size: int, seed: int, classes: tuple[str, ...]) -> None:
-    if not isinstance(n_per_class, int) or n_per_class < 1:
+    if not isinstance(n_per_class, int) or isinstance(n_per_class, bool) or n_per_class < 1:
         raise ValueError(f"n_per_class must be a positive integer, got {n_per_class!r}")
-    if not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+    if not isinstance(size, int) or isinstance(size, bool) or not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size must be an integer from {MIN_SIZE} to {MAX_SIZE} px, got {size!r}")
-    if not isinstance(seed, int) or seed < 0:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if not 2 <= len(classes) <= 1 + len(MASS_KINDS):
         raise ValueError(

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from modules import phantom
+from modules.dataset import DEMO_PHANTOM, prepare_data
 from modules.phantom import MASS_KINDS, encode_png, main, make_phantom, render_example, render_slice
 
 
@@ -51,14 +52,15 @@ def test_image_i_does_not_depend_on_n_per_class(tmp_path):
 
 def test_bytes_are_pinned():
     # Golden hashes: a change here means the phantom changed for every user (and every data fingerprint in
-    # reports). Update them only for a deliberate change to the generator; on a new platform, a mismatch means
-    # float arithmetic leaked into the output and must be fixed, not re-pinned.
-    digests = [hashlib.sha256(encode_png(render_example(c, i, size=32)[0])).hexdigest()[:16] for c in (0, 1)
-               for i in (0, 1)]
-    assert digests == PINNED_DIGESTS
-
-
-PINNED_DIGESTS: list[str] = []
+    # reports). Update them, and bump phantom.VERSION, only for a deliberate change to the generator; on a new
+    # platform a mismatch means float arithmetic leaked into the output: fix that, do not re-pin.
+    digests = [
+        hashlib.sha256(encode_png(render_example(c, i, size=32)[0])).hexdigest()[:16]
+        for c in (0, 1)
+        for i in (0, 1)
+    ]
+    assert digests == ["df74ef607ccc0b2e", "a8b16b4e3a43d374", "0df4918e18d3085b", "c907af214bc1b361"]
+    assert phantom.VERSION == 2
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -92,7 +94,7 @@ def test_png_encoder_round_trips_through_pillow(tmp_path):
 def test_rerun_into_the_same_folder_is_allowed_but_foreign_files_are_refused(tmp_path):
     make_phantom(tmp_path, n_per_class=2, size=32)
     make_phantom(tmp_path, n_per_class=2, size=32)
-    with pytest.raises(ValueError, match="no/no_2.png"):
+    with pytest.raises(ValueError, match="no/no_1.png"):
         make_phantom(tmp_path, n_per_class=1, size=32)  # would leave stale no_1.png, yes_1.png behind
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="notes.txt"):
@@ -114,6 +116,13 @@ def test_rerun_into_the_same_folder_is_allowed_but_foreign_files_are_refused(tmp
 def test_bad_arguments_raise_value_error(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_phantom(tmp_path / "set", **kwargs)
+
+
+def test_no_two_phantoms_are_grouped_as_near_copies(tmp_path):
+    # The data pipeline groups near copies (thumbnail correlation >= 0.95) and keeps each group in one split;
+    # phantom heads must differ enough that the built-in demo set (dataset.DEMO_PHANTOM) has no such group.
+    data = prepare_data(make_phantom(tmp_path, **DEMO_PHANTOM), synthetic=True)
+    assert data.dups.clusters == []
 
 
 # ----------------------------------------------------------------------------------------------- masses
@@ -149,13 +158,11 @@ def test_masses_vary_in_size_and_contrast():
 
 
 @pytest.mark.parametrize("kind", MASS_KINDS)
-def test_every_mass_kind_renders(kind):
-    areas = []
-    for i in range(4):
-        img, mask = render_slice(phantom.image_rng(5, 1, i), size=64, mass=True, kind=kind)
-        assert img.shape == (64, 64) and mask is not None
-        areas.append(mask.sum())
-    assert min(areas) > 0
+def test_every_mass_kind_renders_at_every_size(kind):
+    for size in (32, 64, 128):
+        for i in range(30 if size == 32 else 3):  # 32 px: the smallest heads leave the least room for a mass
+            img, mask = render_slice(phantom.image_rng(5, 1, i), size=size, mass=True, kind=kind)
+            assert img.shape == (size, size) and mask is not None and mask.any()
 
 
 def test_three_classes(tmp_path):
@@ -193,12 +200,84 @@ def _best_threshold_accuracy(values: np.ndarray, labels: np.ndarray) -> float:
 def test_intensity_statistics_alone_do_not_separate_the_classes(tmp_path):
     images, labels = _load(make_phantom(tmp_path, n_per_class=40, size=64))
     flat = images.reshape(len(images), -1).astype(np.float64)
-    stats = {"max": flat.max(1), "mean": flat.mean(1), "std": flat.std(1), "p99": np.percentile(flat, 99, axis=1)}
+    stats = {
+        "max": flat.max(1),
+        "mean": flat.mean(1),
+        "std": flat.std(1),
+        "p99": np.percentile(flat, 99, axis=1),
+    }
     for name, values in stats.items():
         best = _best_threshold_accuracy(values, labels)
         assert best < 0.95, f"a threshold on the {name} intensity separates the classes ({best:.2f})"
 
 
-def test_a_tiny_cnn_learns_the_phantom(tmp_path):
+def _tiny_cnn(torch):
+    nn = torch.nn
+
+    def block(c_in: int, c_out: int) -> list:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+
+    # Global max pooling: a mass is a local finding, wherever it lies.
+    return nn.Sequential(
+        *block(1, 12), *block(12, 24), *block(24, 48), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(48, 2)
+    )
+
+
+def _dihedral(torch, x, view: int):
+    """View 0..7 of a (N, C, H, W) batch: a quarter-turn count and an optional flip; a mass stays a mass."""
+    return torch.rot90(x.flip(3) if view >= 4 else x, view % 4, (2, 3))
+
+
+def _accuracy(torch, net, x, y, *, views: int = 1) -> float:
+    """Accuracy of the class probabilities averaged over the first `views` dihedral views."""
+    net.eval()
+    with torch.no_grad():
+        prob = sum(net(_dihedral(torch, x, v)).softmax(1) for v in range(views))
+    return float((prob.argmax(1) == y).float().mean())
+
+
+def _train_tiny_cnn(torch, train_x, train_y, val_x, val_y, *, epochs: int) -> tuple[float, float]:
+    """Validation accuracy after the first epoch and after the last (the latter averaged over 8 views)."""
+    net = _tiny_cnn(torch)
+    opt = torch.optim.Adam(net.parameters(), lr=4e-3)
+    batches = torch.arange(len(train_x)).split(8)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(batches))
+    first = 0.0
+    for epoch in range(epochs):
+        net.train()
+        for idx in torch.randperm(len(train_x)).split(8):
+            x = _dihedral(torch, train_x[idx], int(torch.randint(8, ())))
+            loss = torch.nn.functional.cross_entropy(net(x), train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        if epoch == 0:
+            first = _accuracy(torch, net, val_x, val_y)
+    return first, _accuracy(torch, net, val_x, val_y, views=8)
+
+
+def test_a_tiny_cnn_learns_the_phantom_but_not_at_once(tmp_path):
     torch = pytest.importorskip("torch")
-    raise NotImplementedError
+
+    def tensors(root):
+        images, labels = _load(root)
+        return torch.tensor(images, dtype=torch.float32)[:, None] / 255.0 - 0.5, torch.tensor(labels)
+
+    train = tensors(make_phantom(tmp_path / "train", n_per_class=40, size=64, seed=0))
+    val = tensors(make_phantom(tmp_path / "val", n_per_class=40, size=64, seed=1))
+    threads = torch.get_num_threads()
+    # One thread: this net is too small to gain from two, and on a busy 2-core machine two threads spin-wait
+    # on each other (measured: 5 epochs in 2.7 s with one thread, 23 s with two).
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            first, last = _train_tiny_cnn(torch, *train, *val, epochs=30)
+    finally:
+        torch.set_num_threads(threads)
+    # Seen with this recipe (36 torch seeds, one thread): 0.5 after one epoch, 0.76 to 0.81 after 30; chance is
+    # 0.5. The faint, small and rim-only masses and the bright T2-like ventricles keep it well below 1. (With
+    # lr 2e-3 one seed in twelve learnt a shortcut of the 80 training images and scored 0.5.)
+    assert first < 1.0, f"the phantom is trivially easy: {first:.2f} after one epoch"
+    assert last >= 0.7, f"a tiny CNN did not learn the phantom: validation accuracy {last:.2f} (chance 0.5)"
