@@ -288,6 +288,9 @@ def _env() -> dict[str, str]:
     return env
 
 
+SAMPLES = 10
+
+
 @pytest.mark.slow
 def test_sigkilled_driver_then_resume_loses_nothing_finished(slow_phantom, tmp_path):
     """Trials that Tune's saved experiment state lists as finished are kept as they are; the others (running,
@@ -295,11 +298,13 @@ def test_sigkilled_driver_then_resume_loses_nothing_finished(slow_phantom, tmp_p
     keep no checkpoints."""
     run = tmp_path / "run"
     experiment = run / "ray" / "tune"
-    args = search_args(slow_phantom, run, samples=4, epochs=3, extra=("--max-concurrent", "1"))
+    # enough trials, one at a time, and Tune's state saved every second, so that the kill lands mid-search
+    # however fast the machine is
+    args = search_args(slow_phantom, run, samples=SAMPLES, epochs=3, extra=("--max-concurrent", "1"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuning.search", *args],
         cwd=REPO,
-        env=_env(),
+        env={**_env(), "TUNE_GLOBAL_CHECKPOINT_S": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -312,7 +317,7 @@ def test_sigkilled_driver_then_resume_loses_nothing_finished(slow_phantom, tmp_p
             ours.update({p: cmdline(p) for p in descendants(proc.pid)})
             states = trial_states(experiment)
             done = [name for name, s in states.items() if s["status"] == "TERMINATED"]
-            if done and len(done) < 4:
+            if done and len(done) < SAMPLES:
                 finished = {name: (experiment / name / "result.json").read_text() for name in done}
                 break
             time.sleep(0.3)
@@ -338,9 +343,9 @@ def test_sigkilled_driver_then_resume_loses_nothing_finished(slow_phantom, tmp_p
     for name, text in finished.items():
         assert (experiment / name / "result.json").read_text() == text, f"finished trial {name} was run again"
     states = trial_states(experiment)
-    assert len(states) == 4 and all(s["status"] == "TERMINATED" for s in states.values()), states
+    assert len(states) == SAMPLES and all(s["status"] == "TERMINATED" for s in states.values()), states
     report = json.loads((run / "report.json").read_text())
-    assert report["search"]["trials"]["terminated"] == 4
+    assert report["search"]["trials"]["terminated"] == SAMPLES
 
 
 def _reap(proc: subprocess.Popen, ours: dict[int, str]) -> None:
