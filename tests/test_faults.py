@@ -373,6 +373,7 @@ def test_search_completes_when_a_node_of_a_two_node_cluster_dies(slow_phantom, t
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()  # both nodes registered before the search places its trials
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         session = ray._private.worker._global_node.get_session_dir_path()

@@ -110,6 +110,7 @@ def test_two_node_cluster_places_trials_on_both_nodes(phantom, tmp_path):
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()  # both nodes registered before the search places its trials
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         from tuning import search
