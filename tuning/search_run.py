@@ -268,7 +268,8 @@ def finish(
         return None
     best = (min if mode == "min" else max)(ok, key=lambda t: t["best_value"])
     best_cfg = TrainConfig.from_dict(
-        {**s.base, **best["config"], "seed": s.seed, "max_epochs": best["best_iteration"]}
+        # threads 0: the refit runs alone in the driver and may use every core (trials got --cpus-per-trial)
+        {**s.base, **best["config"], "seed": s.seed, "max_epochs": best["best_iteration"], "threads": 0}
     )
     print(
         f"\nbest trial {best['trial_id']}: {metric} {best['best_value']:.4f} at epoch {best['best_iteration']}; "
