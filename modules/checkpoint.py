@@ -22,10 +22,10 @@ from torch import nn
 from modules.networks import NETWORK_KINDS, build_network
 from modules.transforms import Preprocessing, build_transform, to_tensor
 
-# The same values as tuning.engine.CHECKPOINT_FORMAT / CHECKPOINT_VERSION (modules/ never imports tuning/;
-# tests/test_checkpoint.py checks that the two agree).
+# The format written by tuning.train's export_checkpoint (tuning.engine re-exports these) and read here.
 CHECKPOINT_FORMAT = "mri-tune/classifier"
-SUPPORTED_VERSIONS = (1,)
+CHECKPOINT_VERSION = 1
+SUPPORTED_VERSIONS = (CHECKPOINT_VERSION,)
 EXPECTED = "a model.pt written by python -m tuning.train or tuning.search"
 _REQUIRED = {  # field -> accepted types
     "model": (str,),

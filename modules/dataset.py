@@ -167,7 +167,9 @@ def demo_data_dir(cache: str | os.PathLike | None = None) -> Path:
 
     base = Path(cache or os.environ.get("MRI_TUNE_CACHE") or Path("results") / ".cache")
     p = DEMO_PHANTOM
-    target = base / f"phantom-v{VERSION}-n{p['n_per_class']}-s{p['size']}-seed{p['seed']}"  # new generator: new set
+    target = (
+        base / f"phantom-v{VERSION}-n{p['n_per_class']}-s{p['size']}-seed{p['seed']}"
+    )  # new generator: new set
     if target.is_dir():
         return target
     base.mkdir(parents=True, exist_ok=True)

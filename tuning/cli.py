@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
@@ -24,3 +26,22 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+def output_folder(out: str | None, kind: str, *, marker: str, overwrite: bool) -> Path:
+    """``--out``, or ``results/<kind>-<timestamp>/``; refused when it already holds ``marker`` (unless
+    ``overwrite``), so that a finished result is never replaced silently."""
+    path = Path(out) if out else Path("results") / f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if (path / marker).exists() and not overwrite:
+        raise ValueError(f"{path} already holds a {marker}; choose another --out or pass --overwrite")
+    return path
+
+
+def set_threads(threads: int) -> None:
+    """``--threads``: torch CPU threads; 0 keeps torch's default."""
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

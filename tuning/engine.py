@@ -13,6 +13,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from modules.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION  # noqa: F401 - the writer's format
 from modules.datamodule import MRIDataModule
 from modules.dataset import TrialData
 from modules.feature_cache import CachedTail
@@ -23,8 +24,6 @@ from modules.transforms import Preprocessing
 
 MODELS = ("cnn", "resnet50")
 MONITORS = {"val/loss": "min", "val/auroc": "max", "val/acc": "max"}
-CHECKPOINT_FORMAT = "mri-tune/classifier"
-CHECKPOINT_VERSION = 1
 
 
 @dataclass

@@ -17,11 +17,9 @@ import shlex
 import sys
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from modules.checkpoint import (
     decide_labels,
@@ -32,7 +30,7 @@ from modules.checkpoint import (
 )
 from modules.duplicates import DEFAULT_THRESHOLD, group_duplicates
 from modules.ingest import ImageSet, display_path, load_image_set
-from tuning.cli import run_main, warn
+from tuning.cli import output_folder, run_main, set_threads, warn
 from tuning.files import atomic_write_json, atomic_write_text
 from tuning.report import binary_metrics, plot_confusion, plot_roc, summary_lines, versions
 
@@ -58,10 +56,6 @@ def model_info(meta: dict) -> dict:
         "trained_on": meta.get("data"),
         "versions": meta.get("versions"),
     }
-
-
-def default_out(kind: str) -> Path:
-    return Path("results") / f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def copies_of(images: ImageSet, reference: ImageSet, *, threshold: float = DEFAULT_THRESHOLD) -> list[dict]:
@@ -271,13 +265,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    out = Path(args.out) if args.out else default_out("evaluate")
-    if (out / "report.json").exists() and not args.overwrite:
-        raise ValueError(f"{out} already holds a report.json; choose another --out or pass --overwrite")
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    out = output_folder(args.out, "evaluate", marker="report.json", overwrite=args.overwrite)
+    set_threads(args.threads)
     command = "python -m tuning.evaluate " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = run_evaluation(
         args.checkpoint,

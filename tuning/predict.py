@@ -23,7 +23,6 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-import torch
 from PIL import Image
 
 from modules.checkpoint import (
@@ -47,8 +46,8 @@ from modules.ingest import (  # the ingest's own walking, reading and decoding: 
     display_path,
 )
 from modules.transforms import to_tensor
-from tuning.cli import run_main
-from tuning.evaluate import default_out, model_info
+from tuning.cli import output_folder, run_main, set_threads
+from tuning.evaluate import model_info
 from tuning.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 CSV_FIELDS = ("path", "probability", "label", "heatmap", "width", "height", "error")
@@ -242,13 +241,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    out = Path(args.out) if args.out else default_out("predict")
-    if (out / "predictions.csv").exists() and not args.overwrite:
-        raise ValueError(f"{out} already holds a predictions.csv; choose another --out or pass --overwrite")
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    out = output_folder(args.out, "predict", marker="predictions.csv", overwrite=args.overwrite)
+    set_threads(args.threads)
     command = "python -m tuning.predict " + shlex.join(argv if argv is not None else sys.argv[1:])
     rows, meta = run_prediction(
         args.checkpoint,

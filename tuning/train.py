@@ -24,7 +24,7 @@ from pytorch_lightning.loggers import CSVLogger
 from modules.dataset import PreparedData, resolve_data
 from modules.split import majority_baselines
 from tuning import engine
-from tuning.cli import run_main, warn
+from tuning.cli import output_folder, run_main, warn
 from tuning.engine import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TrainConfig
 from tuning.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from tuning.report import binary_metrics, plot_confusion, plot_loss_curves, plot_roc, summary_lines, versions
@@ -241,9 +241,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cfg = config_from_args(args)
-    out = Path(args.out)
-    if (out / "report.json").exists() and not args.overwrite:
-        raise ValueError(f"{out} already holds a report.json; choose another --out or pass --overwrite")
+    out = output_folder(args.out, "train", marker="report.json", overwrite=args.overwrite)
     data = resolve_data(args.data, seed=args.split_seed, strict=args.strict, warn=warn)
     command = "python -m tuning.train " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = run_training(cfg, data, out, command=command, progress=not args.no_progress)
