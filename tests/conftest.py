@@ -66,3 +66,43 @@ def small_set(tmp_path: Path) -> Path:
         write_image(root / "yes" / f"y{i}.png", scan(100 + i, mass=True))
         write_image(root / "no" / f"n{i}.jpg", scan(200 + i), fmt="JPEG")
     return root
+
+
+# Flags that make a search's trials tiny: 32 px inputs, small batches, one CPU per trial, no dashboard.
+TINY_SEARCH = [
+    "--image-size",
+    "32",
+    "--resize",
+    "36",
+    "--batch-size",
+    "8",
+    "--no-dashboard",
+    "--cpus-per-trial",
+    "1",
+]
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for a command run in a subprocess by a test: this checkout importable, output unbuffered,
+    and never an outside Ray cluster."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def search_phantom(tmp_path_factory):
+    """A tiny phantom set (14 per class, 64 px) for end-to-end searches."""
+    from modules.phantom import make_phantom
+
+    return make_phantom(tmp_path_factory.mktemp("phantom"), n_per_class=14, size=64, seed=5)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray for the tests of one module (2 CPUs, no dashboard), shut down after them."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()

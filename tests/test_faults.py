@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from modules.phantom import make_phantom
-from tests.conftest import REPO
+from tests.conftest import REPO, subprocess_env
 from tuning import files
 
 # ----------------------------------------------------------------------------- atomic writes (quick)
@@ -282,12 +282,6 @@ def test_sigkilled_trial_worker_is_retried_and_the_search_completes(slow_phantom
 
 
 # ----------------------------------------------------------------------------- slow: the driver dies
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
 SAMPLES = 10
 
 
@@ -304,7 +298,7 @@ def test_sigkilled_driver_then_resume_loses_nothing_finished(slow_phantom, tmp_p
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuning.search", *args],
         cwd=REPO,
-        env={**_env(), "TUNE_GLOBAL_CHECKPOINT_S": "1"},
+        env={**subprocess_env(), "TUNE_GLOBAL_CHECKPOINT_S": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -333,7 +327,7 @@ def test_sigkilled_driver_then_resume_loses_nothing_finished(slow_phantom, tmp_p
     resumed = subprocess.run(
         [sys.executable, "-m", "tuning.search", "--resume", str(run)],
         cwd=REPO,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=400,

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import pytorch_lightning as pl
-import ray
 import torch
 
 from modules.dataset import prepare_data
@@ -112,13 +111,6 @@ def test_cached_stage2_training_changes_only_the_tail(data):
         c.startswith(("backbone.layer1", "backbone.layer2", "backbone.layer3", "backbone.conv1"))
         for c in changed
     ), changed
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, tmp_path):

@@ -3,36 +3,9 @@
 import csv
 import json
 
-import pytest
-import ray
-
-from modules.phantom import make_phantom
+from tests.conftest import TINY_SEARCH as TINY
 from tuning import search
 from tuning.cli import run_main
-
-TINY = [
-    "--image-size",
-    "32",
-    "--resize",
-    "36",
-    "--batch-size",
-    "8",
-    "--no-dashboard",
-    "--cpus-per-trial",
-    "1",
-]
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return make_phantom(tmp_path_factory.mktemp("phantom"), n_per_class=14, size=64, seed=5)
 
 
 def _run(args) -> int:
@@ -59,13 +32,13 @@ def _check_run_folder(run):
     return report
 
 
-def test_baseline_cnn_search_end_to_end(ray_local, phantom, tmp_path, capsys):
+def test_baseline_cnn_search_end_to_end(ray_local, search_phantom, tmp_path, capsys):
     run = tmp_path / "cnn"
     args = [
         "--space",
         "baseline_cnn",
         "--data",
-        str(phantom),
+        str(search_phantom),
         "--num-samples",
         "3",
         "--max-epochs",
@@ -90,13 +63,13 @@ def test_baseline_cnn_search_end_to_end(ray_local, phantom, tmp_path, capsys):
     assert "exists and is not empty" in capsys.readouterr().err
 
 
-def test_resnet_stage2_search_end_to_end(ray_local, phantom, tmp_path):
+def test_resnet_stage2_search_end_to_end(ray_local, search_phantom, tmp_path):
     run = tmp_path / "r50"
     args = [
         "--space",
         "resnet_stage2",
         "--data",
-        str(phantom),
+        str(search_phantom),
         "--weights",
         "none",
         "--num-samples",
@@ -116,7 +89,7 @@ def test_resnet_stage2_search_end_to_end(ray_local, phantom, tmp_path):
     assert report["search"]["space"] == "resnet_stage2"
 
 
-def test_failing_trials_are_recorded_and_the_search_goes_on(ray_local, phantom, tmp_path, monkeypatch):
+def test_failing_trials_are_recorded_and_the_search_goes_on(ray_local, search_phantom, tmp_path, monkeypatch):
     # a trial whose config makes the network unbuildable fails; the others finish and the report lists it
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"model": "cnn", "cnn_depth": {"choice": [2, 7]}, "lr": 0.001}))
@@ -125,7 +98,7 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(ray_local, phantom, 
         "--space",
         str(space),
         "--data",
-        str(phantom),
+        str(search_phantom),
         "--num-samples",
         "4",
         "--max-epochs",

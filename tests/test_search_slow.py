@@ -1,7 +1,6 @@
 """Slow search tests: resume after an interrupt, and a two-node local cluster. Run with `make test-slow`."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,29 +10,10 @@ from pathlib import Path
 import pytest
 
 from modules.phantom import make_phantom
-from tests.conftest import REPO
+from tests.conftest import REPO, subprocess_env
+from tests.conftest import TINY_SEARCH as TINY
 
 pytestmark = pytest.mark.slow
-TINY = [
-    "--image-size",
-    "32",
-    "--resize",
-    "36",
-    "--batch-size",
-    "8",
-    "--no-dashboard",
-    "--cpus-per-trial",
-    "1",
-]
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return make_phantom(tmp_path_factory.mktemp("phantom"), n_per_class=14, size=64, seed=5)
-
-
-def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 
 
 def _finished_trials(run: Path, epochs: int) -> dict[str, str]:
@@ -46,7 +26,7 @@ def _finished_trials(run: Path, epochs: int) -> dict[str, str]:
     return out
 
 
-def test_sigint_then_resume_keeps_finished_trials(phantom, tmp_path):
+def test_sigint_then_resume_keeps_finished_trials(search_phantom, tmp_path):
     run = tmp_path / "run"
     # trials of a few seconds each, one at a time, so that the interrupt lands while some are unfinished
     slower = [*TINY, "--image-size", "128", "--resize", "136"]
@@ -71,7 +51,7 @@ def test_sigint_then_resume_keeps_finished_trials(phantom, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuning.search", *args],
         cwd=REPO,
-        env=_env(),
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -90,7 +70,7 @@ def test_sigint_then_resume_keeps_finished_trials(phantom, tmp_path):
     resumed = subprocess.run(
         [sys.executable, "-m", "tuning.search", "--resume", str(run)],
         cwd=REPO,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=400,
@@ -104,7 +84,7 @@ def test_sigint_then_resume_keeps_finished_trials(phantom, tmp_path):
     assert report["search"]["trials"]["terminated"] == 6
 
 
-def test_two_node_cluster_places_trials_on_both_nodes(phantom, tmp_path):
+def test_two_node_cluster_places_trials_on_both_nodes(search_phantom, tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
@@ -120,7 +100,7 @@ def test_two_node_cluster_places_trials_on_both_nodes(phantom, tmp_path):
             "--space",
             "baseline_cnn",
             "--data",
-            str(phantom),
+            str(search_phantom),
             "--num-samples",
             "4",
             "--max-epochs",

@@ -109,7 +109,14 @@ def test_cli_end_to_end(tmp_path, tiny_phantom, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_resnet50_run_on_gpu_with_bf16(tiny_data, tmp_path):
     cfg = TrainConfig.from_dict(
-        {**FAST, "model": "resnet50", "weights": "none", "max_epochs": 2, "stage2_epoch": 1, "precision": "auto"}
+        {
+            **FAST,
+            "model": "resnet50",
+            "weights": "none",
+            "max_epochs": 2,
+            "stage2_epoch": 1,
+            "precision": "auto",
+        }
     )
     report = train_cli.run_training(cfg, tiny_data, tmp_path, progress=False)
     assert report["metrics"]["test"]["n"] == tiny_data.splits.count("test")
