@@ -2,7 +2,8 @@
 
 Leak-free and hostile-input-safe by construction:
 
-* the layout is ``root/<class>/...`` under at most one wrapping folder (``brain_tumor_dataset/yes``);
+* the layout is ``root/<class>/...`` under at most one wrapping folder (``brain_tumor_dataset/yes``); the
+  classes are the folders found there (two or more), or a list given by the caller;
 * the format is decided from the file's content, never its extension;
 * every image mode is converted explicitly to 8-bit grayscale (``L``);
 * bad files (zero bytes, truncated, not an image, absurd dimensions, several frames) are skipped with a reason,
@@ -228,61 +229,114 @@ def _zip_reader(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Reader:
 
 
 # ----------------------------------------------------------------------------- layout
+def _level(
+    entries: list[_Entry], dirs: set[tuple[str, ...]], prefix: tuple[str, ...], source: str
+) -> tuple[dict[str, str], list[_Entry]]:
+    """The folders at ``prefix`` (lower-case name -> name as spelled on disk, hidden ones left out) and the
+    usable files there. Folders whose names differ only in case raise ``DatasetError``."""
+    subdirs = sorted(
+        d[-1] for d in dirs if len(d) == len(prefix) + 1 and d[:-1] == prefix and not _is_hidden(d[-1:])
+    )
+    # entries with a problem (unsafe archive paths, escaping links) are reported as skipped, and must not
+    # turn a wrapping folder into an "unexpected layout"
+    files_here = [
+        e
+        for e in entries
+        if len(e.parts) == len(prefix) + 1
+        and e.parts[:-1] == prefix
+        and not _is_hidden(e.parts)
+        and e.problem is None
+    ]
+    by_lower: dict[str, list[str]] = {}
+    for d in subdirs:
+        by_lower.setdefault(d.lower(), []).append(d)
+    clashes = sorted(v for v in by_lower.values() if len(v) > 1)
+    if clashes:
+        raise DatasetError(
+            f"{source}: folders whose names differ only in case: {clashes}; "
+            "expected one folder per class, each name used once"
+        )
+    return {k: v[0] for k, v in by_lower.items()}, files_here
+
+
 def _find_class_dirs(
-    entries: list[_Entry], dirs: set[tuple[str, ...]], classes: Sequence[str], source: str
+    entries: list[_Entry],
+    dirs: set[tuple[str, ...]],
+    classes: Sequence[str] | None,
+    source: str,
 ) -> tuple[tuple[str, ...], dict[str, str]]:
-    """Return the prefix of the class folders and a map class -> folder name as spelled on disk."""
+    """Return the prefix of the class folders and a map class -> folder name as spelled on disk.
+
+    ``classes`` None: every (non-hidden) folder there is a class, named by its folder name in lower case."""
+    if classes is None:
+        return _discover_class_dirs(entries, dirs, source)
     prefix: tuple[str, ...] = ()
     for _ in range(2):  # the root itself, or one wrapping folder
-        subdirs = sorted(
-            d[-1] for d in dirs if len(d) == len(prefix) + 1 and d[:-1] == prefix and not _is_hidden(d[-1:])
-        )
-        # entries with a problem (unsafe archive paths, escaping links) are reported as skipped, and must not
-        # turn a wrapping folder into an "unexpected layout"
-        files_here = [
-            e
-            for e in entries
-            if len(e.parts) == len(prefix) + 1
-            and e.parts[:-1] == prefix
-            and not _is_hidden(e.parts)
-            and e.problem is None
-        ]
-        by_lower: dict[str, list[str]] = {}
-        for d in subdirs:
-            by_lower.setdefault(d.lower(), []).append(d)
-        clashes = {k: v for k, v in by_lower.items() if len(v) > 1}
-        if clashes:
-            raise DatasetError(
-                f"{source}: folders whose names differ only in case: {sorted(clashes.values())}; "
-                "expected one folder per class"
-            )
+        by_lower, files_here = _level(entries, dirs, prefix, source)
         wanted = {c.lower() for c in classes}
         present = wanted & by_lower.keys()
         if present:
             missing = sorted(wanted - present)
             if missing:
                 raise DatasetError(
-                    f"{source}: found class folders {sorted(by_lower[k][0] + '/' for k in present)} but no "
+                    f"{source}: found class folders {sorted(by_lower[k] + '/' for k in present)} but no "
                     f"{', '.join(m + '/' for m in missing)}; expected one folder per class: "
                     f"{', '.join(c + '/' for c in classes)}"
                 )
-            extra = sorted(by_lower[k][0] for k in by_lower.keys() - wanted)
+            extra = sorted(by_lower[k] for k in by_lower.keys() - wanted)
             if extra:
                 raise DatasetError(
                     f"{source}: unexpected folder(s) {[e + '/' for e in extra]} next to the class folders; "
                     f"expected only {', '.join(c + '/' for c in classes)} (remove the others, or point at one "
                     "dataset copy)"
                 )
-            return prefix, {c: by_lower[c.lower()][0] for c in classes}
-        if len(subdirs) == 1 and not files_here and not prefix:
-            prefix = (subdirs[0],)
+            return prefix, {c: by_lower[c.lower()] for c in classes}
+        if len(by_lower) == 1 and not files_here and not prefix:
+            prefix = (next(iter(by_lower.values())),)
             continue
         break
     shown = "/".join(prefix) + "/" if prefix else "the top level"
     raise DatasetError(
-        f"{source}: unexpected layout: at {shown} found folders {subdirs[:10]} and {len(files_here)} file(s); "
-        f"expected class folders {', '.join(c + '/' for c in classes)}, optionally inside one wrapping folder"
+        f"{source}: unexpected layout: at {shown} found folders {sorted(by_lower.values())[:10]} and "
+        f"{len(files_here)} file(s); expected class folders {', '.join(c + '/' for c in classes)}, optionally "
+        "inside one wrapping folder"
     )
+
+
+def _discover_class_dirs(
+    entries: list[_Entry], dirs: set[tuple[str, ...]], source: str
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Every folder at the top level (or inside a single wrapping folder) is a class; two or more needed."""
+    prefix: tuple[str, ...] = ()
+    by_lower, files_here = _level(entries, dirs, prefix, source)
+    if len(by_lower) == 1 and not files_here:  # one wrapping folder, e.g. brain_tumor_dataset/
+        prefix = (next(iter(by_lower.values())),)
+        by_lower, files_here = _level(entries, dirs, prefix, source)
+    shown = "/".join(prefix) + "/" if prefix else "the top level"
+    if len(by_lower) < 2:
+        if by_lower:
+            found = f"at {shown} only one folder ({next(iter(by_lower.values()))}/)"
+        elif prefix and files_here:  # a lone folder of images: one class
+            found = f"only one class folder ({prefix[0]}/, {len(files_here)} file(s))"
+        else:
+            found = f"at {shown} no folder and {len(files_here)} file(s)"
+        raise DatasetError(
+            f"{source}: unexpected layout: found {found}; expected two or more class folders (one per class, "
+            "e.g. yes/ and no/), optionally inside one wrapping folder"
+        )
+    # a class folder that holds a folder named like another class is (part of) a second copy of the set (the
+    # Kaggle archive ships yes/, no/ and brain_tumor_dataset/{yes,no}/): refuse it rather than train on it
+    copies = []
+    for lower, name in by_lower.items():
+        inner, _ = _level(entries, dirs, (*prefix, name), source)
+        if inner.keys() & (by_lower.keys() - {lower}):
+            copies.append(name + "/")
+    if copies:
+        raise DatasetError(
+            f"{source}: folder(s) {sorted(copies)} at {shown} hold their own copies of the class folders; "
+            "expected one folder per class (remove the copies, or point at one dataset copy)"
+        )
+    return prefix, {lower: by_lower[lower] for lower in sorted(by_lower)}
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -360,13 +414,17 @@ def _shrink(pixels: np.ndarray, max_side: int) -> np.ndarray:
 def load_image_set(
     path: str | os.PathLike,
     *,
-    classes: Sequence[str] = DEFAULT_CLASSES,
+    classes: Sequence[str] | None = None,
     strict: bool = False,
     keep_max_side: int = KEEP_MAX_SIDE,
     warn: Callable[[str], None] | None = None,
 ) -> ImageSet:
     """Read and validate an image set from a folder or a .zip.
 
+    ``classes`` None: the classes come from the data: every folder at the top level (or inside a single
+    wrapping folder) is one, named by its folder name in lower case, sorted by name (so the brain-MRI set
+    gives ``("no", "yes")``); two or more are required, and hidden folders (``.x``, ``__MACOSX``) are not
+    classes. A list of names instead requires exactly those folders (matched ignoring case) and no others.
     Bad files are skipped (each reported through ``warn`` with its reason) or, with ``strict``, raise
     ``DatasetError``. An unexpected layout, a missing or empty class, or no images at all raise
     ``DatasetError`` with a message that says what was found and what was expected.
@@ -375,7 +433,8 @@ def load_image_set(
     source = display_path(str(src))  # printable even when the path holds undecodable bytes
     if not src.exists():
         raise DatasetError(
-            f"{source}: no such file or folder; expected a folder with yes/ and no/ or a .zip of one"
+            f"{source}: no such file or folder; expected a folder with one sub-folder per class "
+            "(e.g. yes/ and no/) or a .zip of one"
         )
     if src.is_dir():
         entries, dirs = _folder_entries(src)
@@ -383,9 +442,11 @@ def load_image_set(
         entries, dirs = _zip_entries(src)
     else:
         raise DatasetError(
-            f"{source}: neither a folder nor a zip archive; expected a folder with yes/ and no/ or a .zip"
+            f"{source}: neither a folder nor a zip archive; expected a folder with one sub-folder per class "
+            "or a .zip of one"
         )
     prefix, spelled = _find_class_dirs(entries, dirs, classes, source)
+    classes = tuple(spelled)
 
     records: list[ImageRecord] = []
     skipped: list[Skipped] = []
@@ -430,7 +491,7 @@ def load_image_set(
             f"{source}: no usable images in {', '.join(c + '/' for c in empty)} (found {found}, "
             f"{len(skipped)} skipped); expected at least one image per class"
         )
-    return ImageSet(source=source, classes=tuple(classes), records=records, skipped=skipped, ignored=ignored)
+    return ImageSet(source=source, classes=classes, records=records, skipped=skipped, ignored=ignored)
 
 
 def _decode_entry(entry: _Entry, rel: str, label: str, keep_max_side: int) -> tuple[ImageRecord | None, str]:

@@ -182,20 +182,39 @@ def test_unreadable_file_skipped(small_set):
         p.chmod(0o644)
 
 
+def _remove_no(r: Path) -> None:
+    for p in (r / "no").iterdir():
+        p.unlink()
+    (r / "no").rmdir()
+
+
 @pytest.mark.parametrize(
-    ("setup", "message"),
+    ("setup", "classes", "message"),
     [
-        (lambda r: [p.unlink() for p in (r / "yes").iterdir()], r"no usable images in yes/"),
-        (lambda r: [p.unlink() for p in (r / "no").iterdir()] and (r / "no").rmdir(), r"but no no/"),
-        (lambda r: (r / "maybe").mkdir(), r"unexpected folder\(s\) \['maybe/'\]"),
-        (lambda r: (r / "YES").mkdir(), r"differ only in case"),
+        (lambda r: [p.unlink() for p in (r / "yes").iterdir()], None, r"no usable images in yes/"),
+        (_remove_no, None, r"found only one class folder \(yes/, 8 file\(s\)\); expected two or more"),
+        (lambda r: (r / "maybe").mkdir(), None, r"no usable images in maybe/ \(found maybe/: 0, no/: 8"),
+        (lambda r: (r / "YES").mkdir(), None, r"differ only in case: \[\['YES', 'yes'\]\]"),
+        (lambda r: [p.unlink() for p in (r / "yes").iterdir()], ("no", "yes"), r"no usable images in yes/"),
+        (_remove_no, ("no", "yes"), r"but no no/"),
+        (lambda r: (r / "maybe").mkdir(), ("no", "yes"), r"unexpected folder\(s\) \['maybe/'\]"),
+        (lambda r: (r / "YES").mkdir(), ("no", "yes"), r"differ only in case"),
     ],
-    ids=["empty-yes", "missing-no", "extra-class", "case-clash"],
+    ids=[
+        "empty-yes",
+        "one-class",
+        "empty-extra-class",
+        "case-clash",
+        "given-empty-yes",
+        "given-missing-no",
+        "given-extra-class",
+        "given-case-clash",
+    ],
 )
-def test_layout_errors_say_what_was_found(small_set, setup, message):
+def test_layout_errors_say_what_was_found(small_set, setup, classes, message):
     setup(small_set)
     with pytest.raises(DatasetError, match=message):
-        load_image_set(small_set)
+        load_image_set(small_set, classes=classes)
 
 
 def test_capitalised_class_folders_accepted(small_set):
@@ -260,3 +279,60 @@ def test_not_a_zip(tmp_path):
     p.write_bytes(b"PK\3\4 broken")
     with pytest.raises(DatasetError):
         load_image_set(p)
+
+
+# ----------------------------------------------------------------------------- classes from the data
+def _three_class_set(root: Path) -> Path:
+    for name, first in (("Meningioma", 300), ("glioma", 400), ("no_tumour", 500)):
+        for i in range(3):
+            write_image(root / name / f"{name[:2]}{i}.png", scan(first + i, mass=name != "no_tumour"))
+    return root
+
+
+def test_classes_come_from_the_folders_sorted_and_lower_case(tmp_path):
+    root = _three_class_set(tmp_path / "set")
+    (root / ".cache").mkdir()
+    write_image(root / ".cache" / "stale.png", scan(1))
+    write_image(root / "__MACOSX" / "x.png", scan(2))
+    ds = load_image_set(root)
+    assert ds.classes == ("glioma", "meningioma", "no_tumour")
+    assert ds.class_counts() == {"glioma": 3, "meningioma": 3, "no_tumour": 3}
+    assert sorted(set(ds.targets.tolist())) == [0, 1, 2]
+    assert {r.path.split("/")[0] for r in ds.records} == {"glioma", "Meningioma", "no_tumour"}
+
+
+def test_classes_from_the_folders_inside_a_wrapping_folder_and_a_zip(tmp_path):
+    root = _three_class_set(tmp_path / "outer" / "Brain Tumor MRI")
+    z = _zip_of(tmp_path / "outer", tmp_path / "set.zip")
+    assert load_image_set(tmp_path / "outer").classes == ("glioma", "meningioma", "no_tumour")
+    assert load_image_set(z).fingerprint == load_image_set(root).fingerprint
+
+
+def test_the_yes_no_set_reads_as_before(small_set):
+    """Discovered classes of the brain-MRI layout are exactly the old fixed ("no", "yes")."""
+    found, given = load_image_set(small_set), load_image_set(small_set, classes=("no", "yes"))
+    assert found.classes == given.classes == ("no", "yes")
+    assert found.targets.tolist() == given.targets.tolist()
+    assert [r.path for r in found.records] == [r.path for r in given.records]
+    assert found.fingerprint == given.fingerprint
+
+
+def test_a_second_copy_of_the_class_folders_is_refused(small_set, tmp_path):
+    z = _zip_of(small_set, tmp_path / "kaggle.zip")
+    with zipfile.ZipFile(z, "a") as zf:  # the Kaggle archive: yes/, no/ and brain_tumor_dataset/{yes,no}/
+        for p in sorted(q for q in small_set.rglob("*") if q.is_file()):
+            zf.write(p, "brain_tumor_dataset/" + p.relative_to(small_set).as_posix())
+    with pytest.raises(
+        DatasetError, match=r"\['brain_tumor_dataset/'\] at the top level hold their own copies"
+    ):
+        load_image_set(z)
+
+
+def test_one_class_folder_is_refused(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / "set" / "wrap" / "glioma" / f"g{i}.png", scan(i))
+    write_image(tmp_path / "set" / "wrap" / ".hidden" / "h.png", scan(9))
+    with pytest.raises(
+        DatasetError, match=r"at wrap/ only one folder \(glioma/\); expected two or more class"
+    ):
+        load_image_set(tmp_path / "set")
