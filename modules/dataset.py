@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modules.duplicates import DEFAULT_THRESHOLD, DuplicateGroups, group_duplicates
-from modules.ingest import DEFAULT_CLASSES, ImageSet, display_path, load_image_set
+from modules.ingest import DatasetError, ImageSet, display_path, load_image_set
 from modules.split import (
     DEFAULT_FRACTIONS,
     SPLITS,
@@ -24,6 +24,36 @@ from modules.split import (
 )
 
 DEMO_PHANTOM = {"n_per_class": 60, "size": 128, "seed": 0}
+DEFAULT_POSITIVE = "yes"  # the tumour class of the brain-MRI set: the positive class of a two-class set
+
+
+def resolve_positive(classes: Sequence[str], positive: str | None, *, source: str = "the data") -> int | None:
+    """Index in ``classes`` of the class that sensitivity, specificity and the ROC refer to.
+
+    Two classes: ``positive`` (matched ignoring case), else ``"yes"`` when it is one of them; otherwise a
+    ``DatasetError`` asks for ``--positive-class``. More classes: None (they are scored one-vs-rest, per class
+    and macro-averaged), and naming a positive class is an error."""
+    names = [c.lower() for c in classes]
+    shown = ", ".join(classes)
+    if len(classes) != 2:
+        if positive is not None:
+            raise DatasetError(
+                f"{source}: --positive-class {positive!r} given, but the set has {len(classes)} classes "
+                f"({shown}); expected it only for a two-class set (N classes are scored one-vs-rest)"
+            )
+        return None
+    if positive is None:
+        if DEFAULT_POSITIVE in names:
+            return names.index(DEFAULT_POSITIVE)
+        raise DatasetError(
+            f"{source}: two classes ({shown}) and no '{DEFAULT_POSITIVE}' among them; expected "
+            f"--positive-class naming the one that sensitivity and the ROC refer to (one of {shown})"
+        )
+    if positive.lower() not in names:
+        raise DatasetError(
+            f"{source}: --positive-class {positive!r} is not a class of this set; expected one of {shown}"
+        )
+    return names.index(positive.lower())
 
 
 @dataclass(frozen=True)
@@ -36,6 +66,7 @@ class TrialData:
     targets: list[int]
     splits: list[str]
     classes: tuple[str, ...]
+    positive: int | None = None  # index of the positive class of a two-class set; None for N classes
 
 
 @dataclass
@@ -48,6 +79,13 @@ class PreparedData:
     seed: int
     fractions: tuple[float, float, float]
     synthetic: bool
+    positive: int | None = (
+        None  # index in images.classes of a two-class set's positive class (see resolve_positive)
+    )
+
+    @property
+    def positive_class(self) -> str | None:
+        return None if self.positive is None else self.images.classes[self.positive]
 
     @property
     def groups(self) -> list[str]:
@@ -62,6 +100,7 @@ class PreparedData:
             targets=self.images.targets.tolist(),
             splits=list(self.splits),
             classes=self.images.classes,
+            positive=self.positive,
         )
 
     def split_rows(self) -> list[dict[str, str]]:
@@ -89,6 +128,7 @@ class PreparedData:
             "synthetic": self.synthetic,
             "files": len(self.images.records),
             "classes": self.images.class_counts(),
+            "positive_class": self.positive_class,
             "skipped": len(self.images.skipped),
             "split_seed": self.seed,
             "split_fractions": list(self.fractions),
@@ -105,6 +145,7 @@ class PreparedData:
             "fingerprint": self.images.fingerprint,
             "files": len(recs),
             "classes": self.images.class_counts(),
+            "positive_class": self.positive_class,
             "formats": dict(sorted(Counter(r.format for r in recs).items())),
             "modes": dict(sorted(Counter(r.mode for r in recs).items())),
             "skipped": [{"path": display_path(s.path), "reason": s.reason} for s in self.images.skipped],
@@ -133,12 +174,17 @@ def prepare_data(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     strict: bool = False,
     threshold: float = DEFAULT_THRESHOLD,
-    classes: Sequence[str] = DEFAULT_CLASSES,
+    classes: Sequence[str] | None = None,
+    positive_class: str | None = None,
     synthetic: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> PreparedData:
-    """Ingest, group duplicates, split. Raises ``DatasetError`` / ``ValueError`` with a clear message."""
+    """Ingest, group duplicates, split. Raises ``DatasetError`` / ``ValueError`` with a clear message.
+
+    ``classes`` None: one class per folder (see ``load_image_set``). ``positive_class``: see
+    ``resolve_positive``."""
     images = load_image_set(path, classes=classes, strict=strict, warn=warn)
+    positive = resolve_positive(images.classes, positive_class, source=images.source)
     dups = group_duplicates(
         [r.sha256 for r in images.records],
         [r.pixels for r in images.records],
@@ -158,7 +204,7 @@ def prepare_data(
             f"{path}: too few distinct images ({len(set(dups.group))} groups) to fill the {', '.join(empty)} "
             f"split(s); expected enough images per class for {fractions}"
         )
-    return PreparedData(images, dups, splits, seed, tuple(fractions), synthetic)
+    return PreparedData(images, dups, splits, seed, tuple(fractions), synthetic, positive)
 
 
 def demo_data_dir(cache: str | os.PathLike | None = None) -> Path:

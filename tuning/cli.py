@@ -45,3 +45,14 @@ def set_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def add_positive_class_flag(group) -> None:
+    """``--positive-class NAME`` (see ``modules.dataset.resolve_positive``)."""
+    group.add_argument(
+        "--positive-class",
+        default=None,
+        metavar="NAME",
+        help="two-class sets: the class that sensitivity, specificity and the ROC refer to (default: yes, "
+        "required when there is no yes/); not allowed for more classes (scored one-vs-rest)",
+    )

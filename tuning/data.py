@@ -9,7 +9,7 @@ import sys
 from modules.dataset import PreparedData, resolve_data
 from modules.duplicates import DEFAULT_THRESHOLD
 from modules.split import SPLITS
-from tuning.cli import run_main, warn
+from tuning.cli import add_positive_class_flag, run_main, warn
 from tuning.files import atomic_write_text
 
 
@@ -19,9 +19,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "path",
         nargs="?",
         default=None,
-        help="folder with yes/ and no/ (optionally inside one wrapping folder) or a .zip of one; "
-        "default: the built-in synthetic phantom set",
+        help="folder with one sub-folder per class, two or more (e.g. yes/ and no/; optionally inside one "
+        "wrapping folder) or a .zip of one; default: the built-in synthetic phantom set",
     )
+    add_positive_class_flag(p)
     p.add_argument(
         "--json", action="store_true", help="print the summary as JSON (default: a readable report)"
     )
@@ -53,6 +54,12 @@ def format_report(data: PreparedData) -> str:
         f"data: {s['source']}" + ("  (SYNTHETIC phantom set, not real scans)" if s["synthetic"] else ""),
         f"fingerprint: {s['fingerprint']}",
         f"files: {s['files']}  " + "  ".join(f"{c}: {n}" for c, n in s["classes"].items()),
+        f"classes: {len(s['classes'])}; "
+        + (
+            f"positive class: {s['positive_class']}"
+            if s["positive_class"] is not None
+            else "scored one-vs-rest (no positive class)"
+        ),
         "formats: " + ", ".join(f"{k} {v}" for k, v in s["formats"].items()),
         "modes: " + ", ".join(f"{k} {v}" for k, v in s["modes"].items()),
         f"skipped: {len(s['skipped'])}",
@@ -83,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         fractions=fractions,
         strict=args.strict,
         threshold=args.near_threshold,
+        positive_class=args.positive_class,
         warn=warn,
     )
     if args.write_split:

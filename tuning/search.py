@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from search_spaces import SpaceError, bounds, get_spec, validate_spec
-from tuning.cli import run_main, warn
+from tuning.cli import add_positive_class_flag, run_main, warn
 from tuning.engine import TrainConfig
 
 LOCALHOSTS = ("127.0.0.1", "localhost", "::1")
@@ -30,6 +30,7 @@ class SearchSettings:
 
     space: str = "resnet_stage2"
     data: str | None = None  # None: the built-in phantom set
+    positive_class: str | None = None  # two-class sets: None means "yes"
     split_seed: int = 0
     strict: bool = False
     num_samples: int = 8
@@ -153,6 +154,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--split-seed", type=int, default=d.split_seed, help=f"grouped split seed (default: {d.split_seed})"
     )
     g.add_argument("--strict", action="store_true", help="refuse bad image files instead of skipping them")
+    add_positive_class_flag(g)
     g = p.add_argument_group("model (values the space does not sample)")
     g.add_argument(
         "--weights",
@@ -339,6 +341,7 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> SearchSetti
     return SearchSettings(
         space=args.space,
         data=args.data,
+        positive_class=args.positive_class,
         split_seed=args.split_seed,
         strict=args.strict,
         num_samples=args.num_samples,

@@ -87,7 +87,9 @@ def _storage(s: SearchSettings) -> str:
 def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
     run_dir = Path(s.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = resolve_data(s.data, seed=s.split_seed, strict=s.strict, warn=warn)
+    data = resolve_data(
+        s.data, seed=s.split_seed, strict=s.strict, positive_class=s.positive_class, warn=warn
+    )
     saved = run_dir / "search.json"
     if resume:
         previous = json.loads(saved.read_text()).get("data_fingerprint")
