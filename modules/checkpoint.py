@@ -24,15 +24,17 @@ from modules.transforms import Preprocessing, build_transform, to_tensor
 
 # The format written by tuning.train's export_checkpoint (tuning.engine re-exports these) and read here.
 CHECKPOINT_FORMAT = "mri-tune/classifier"
-CHECKPOINT_VERSION = 1
-SUPPORTED_VERSIONS = (CHECKPOINT_VERSION,)
+# Version 2 (N classes): positive_class is None when there are more than two classes; version 1 files (two
+# classes, positive_class = the last class, as version 2 writes it for the brain-MRI set) read unchanged.
+CHECKPOINT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 EXPECTED = "a model.pt written by python -m tuning.train or tuning.search"
 _REQUIRED = {  # field -> accepted types
     "model": (str,),
     "network_hparams": (dict,),
     "num_classes": (int,),
     "classes": (list, tuple),
-    "positive_class": (str,),
+    "positive_class": (str, type(None)),
     "preprocessing": (dict,),
     "state_dict": (dict,),
 }
@@ -92,8 +94,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             f"checkpoint {path} has format_version {version!r}; this version of mri-tune reads "
             f"{', '.join(map(str, SUPPORTED_VERSIONS))} (written by a newer or older mri-tune?)"
         )
+    obj = dict(obj)
+    if version == 1 and isinstance(obj.get("classes"), list | tuple) and len(obj["classes"]) > 2:
+        obj["positive_class"] = None  # version 1 named the last of N classes; N classes have no positive one
     _check_fields(path, obj)
-    return dict(obj)
+    return obj
 
 
 def _check_fields(path: Path, obj: Mapping) -> None:
@@ -110,12 +115,14 @@ def _check_fields(path: Path, obj: Mapping) -> None:
         or len(set(classes)) != len(classes)
         or not all(isinstance(c, str) for c in classes)
         or obj["num_classes"] != len(classes)
-        or obj["positive_class"] not in classes
+        or (len(classes) == 2 and obj["positive_class"] not in classes)
+        or (len(classes) > 2 and obj["positive_class"] is not None)
     ):
         raise CheckpointError(
             f"checkpoint {path}: inconsistent description (model {obj['model']!r}, classes {classes}, "
             f"num_classes {obj['num_classes']}, positive_class {obj['positive_class']!r}); expected a model "
-            f"kind in {list(NETWORK_KINDS)} and distinct class names that include the positive class"
+            f"kind in {list(NETWORK_KINDS)} and distinct class names: two that include the positive class, or "
+            "more with positive_class null"
         )
     bad = [
         k for k, v in obj["state_dict"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)
@@ -164,7 +171,10 @@ def eval_transform(meta: Mapping):
     return build_transform(preprocessing(meta), train=False)
 
 
-def positive_index(meta: Mapping) -> int:
+def positive_index(meta: Mapping) -> int | None:
+    """Index of a two-class checkpoint's positive class; None for more classes."""
+    if meta["positive_class"] is None:
+        return None
     return list(meta["classes"]).index(meta["positive_class"])
 
 
@@ -183,11 +193,13 @@ def predict_probabilities(
 
 
 def decide_labels(probs: np.ndarray, meta: Mapping, *, threshold: float = 0.5) -> list[str]:
-    """Class names from probabilities ``(N, num_classes)``: the positive class where its probability is at
-    least ``threshold``, else the most probable of the other classes."""
+    """Class names from probabilities ``(N, num_classes)``: two classes, the positive class where its
+    probability is at least ``threshold``, else the other; more classes, the most probable one."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
     classes, pos = list(meta["classes"]), positive_index(meta)
+    if pos is None:
+        return [classes[int(np.argmax(row))] for row in probs]
     others = [i for i in range(len(classes)) if i != pos]
     return [
         classes[pos] if row[pos] >= threshold else classes[others[int(np.argmax(row[others]))]]

@@ -1,9 +1,11 @@
 """LightningModule that wraps a classification network with loss, metrics and optimisers.
 
 Batches are ``(images, labels)``: images ``(N, C, H, W)`` float, labels ``(N,)`` int in ``0..num_classes-1``.
-Logged per epoch: ``train/loss``, ``train/acc``; ``val/`` and ``test/`` each ``loss``, ``acc``, ``auroc``,
-``sensitivity``, ``specificity``, ``f1``. The binary metrics treat ``positive_class`` (tumour) as positive and
-every other class as negative, scoring the softmax probability of the positive class at threshold 0.5.
+Logged per epoch: ``train/loss``, ``train/acc``; ``val/`` and ``test/`` each ``loss`` and ``acc``, then
+
+* two classes: ``auroc``, ``sensitivity``, ``specificity``, ``f1``, treating ``positive_class`` (tumour) as
+  positive and scoring the softmax probability of the positive class at threshold 0.5;
+* more classes: ``auroc`` (macro one-vs-rest), ``recall_macro`` and ``precision_macro`` (of the argmax).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from torchmetrics.classification import (
     BinaryRecall,
     BinarySpecificity,
     MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassConfusionMatrix,
+    MulticlassPrecision,
+    MulticlassRecall,
 )
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -30,6 +36,20 @@ EVAL_SPLITS = ("val", "test")
 
 
 def _eval_metrics(num_classes: int) -> nn.ModuleDict:
+    if num_classes > 2:
+        return nn.ModuleDict(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "multi": MetricCollection(
+                    {
+                        "auroc": MulticlassAUROC(num_classes, average="macro"),
+                        "recall_macro": MulticlassRecall(num_classes, average="macro"),
+                        "precision_macro": MulticlassPrecision(num_classes, average="macro"),
+                    }
+                ),
+                "confusion": MulticlassConfusionMatrix(num_classes),
+            }
+        )
     return nn.ModuleDict(
         {
             "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -55,8 +75,13 @@ class ClassifierModule(pl.LightningModule):
     defaults to the Trainer's). ``class_weights`` and ``label_smoothing`` shape the training loss only;
     ``val/loss`` and ``test/loss`` are plain cross-entropy so that they compare across configurations.
 
-    After each validation/test epoch ``last_confusion[split]`` holds ``[[tn, fp], [fn, tp]]``; after testing
-    ``test_outputs`` holds ``{"probs": (N,) positive-class probabilities, "labels": (N,)}`` on the CPU.
+    ``positive_class``: index of the positive (tumour) class of a two-class problem; None means the last
+    class there, and must be None for more classes (scored one-vs-rest, macro-averaged).
+
+    After each validation/test epoch ``last_confusion[split]`` holds ``[[tn, fp], [fn, tp]]`` (two classes) or
+    the ``num_classes`` x ``num_classes`` matrix, rows true and columns predicted class; after testing
+    ``test_outputs`` holds ``{"probs_all": (N, num_classes) probabilities, "labels": (N,)}`` on the CPU, plus
+    ``"probs": (N,)`` positive-class probabilities for two classes.
     """
 
     def __init__(
@@ -71,12 +96,13 @@ class ClassifierModule(pl.LightningModule):
         max_epochs: int | None = None,
         class_weights: list[float] | None = None,
         label_smoothing: float = 0.0,
-        positive_class: int = 1,
+        positive_class: int | None = None,
         channels_last: bool = True,
     ) -> None:
         super().__init__()
         _validate(locals())
         self.save_hyperparameters(ignore=["network"])
+        self.positive = (1 if positive_class is None else positive_class) if num_classes == 2 else None
         self.network = network.to(memory_format=torch.channels_last) if channels_last else network
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.train_criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
@@ -105,7 +131,7 @@ class ClassifierModule(pl.LightningModule):
         self._eval_step("val", batch)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        probs, labels = self._eval_step("test", batch)
+        probs, labels = self._eval_step("test", batch)  # (N, num_classes), (N,)
         self._test_chunks.append((probs.detach().cpu(), labels.detach().cpu()))
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
@@ -114,7 +140,7 @@ class ClassifierModule(pl.LightningModule):
         return self(images).float().softmax(dim=1)
 
     def _eval_step(self, split: str, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log the plain cross-entropy, update the split's metrics; returns positive-class probs and labels."""
+        """Log the plain cross-entropy, update the split's metrics; returns probabilities (N, C) and labels."""
         images, labels = batch
         logits = self(images).float()
         loss = F.cross_entropy(logits, labels)
@@ -129,19 +155,26 @@ class ClassifierModule(pl.LightningModule):
         return self.update_metrics(split, logits, labels), labels
 
     def update_metrics(self, split: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Feed logits ``(N, num_classes)`` and labels ``(N,)`` to ``split``'s metrics; returns positive probs."""
+        """Feed logits ``(N, num_classes)`` and labels ``(N,)`` to ``split``'s metrics; returns the softmax
+        probabilities ``(N, num_classes)``."""
         metrics = self.eval_metrics[split]
-        probs = logits.softmax(dim=1)[:, self.hparams.positive_class]
-        positive = (labels == self.hparams.positive_class).long()
+        probs_all = logits.softmax(dim=1)
         metrics["acc"].update(logits, labels)
+        if self.positive is None:
+            metrics["multi"].update(probs_all, labels)
+            metrics["confusion"].update(probs_all, labels)
+            return probs_all
+        probs = probs_all[:, self.positive]
+        positive = (labels == self.positive).long()
         metrics["binary"].update(probs, positive)
         metrics["confusion"].update(probs, positive)
-        return probs
+        return probs_all
 
     def compute_metrics(self, split: str) -> dict[str, float]:
         """Epoch values of ``split``'s metrics (keys ``split/acc`` ...); stores the confusion matrix and resets."""
         metrics = self.eval_metrics[split]
-        values = {"acc": metrics["acc"].compute(), **metrics["binary"].compute()}
+        group = "binary" if self.positive is not None else "multi"
+        values = {"acc": metrics["acc"].compute(), **metrics[group].compute()}
         self.last_confusion[split] = metrics["confusion"].compute().tolist()
         for metric in metrics.values():
             metric.reset()
@@ -157,7 +190,9 @@ class ClassifierModule(pl.LightningModule):
         self.log_dict(self.compute_metrics("test"))
         if self._test_chunks:
             probs, labels = (torch.cat(parts) for parts in zip(*self._test_chunks, strict=True))
-            self.test_outputs = {"probs": probs, "labels": labels}
+            self.test_outputs = {"probs_all": probs, "labels": labels}
+            if self.positive is not None:
+                self.test_outputs["probs"] = probs[:, self.positive]
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -204,9 +239,15 @@ def _validate(hp: dict) -> None:
     smoothing = hp["label_smoothing"]
     _require(_number(smoothing) and 0 <= smoothing < 1, "label_smoothing", smoothing, "in [0, 1)")
     positive = hp["positive_class"]
-    _require(
-        positive in range(n) and not isinstance(positive, bool), "positive_class", positive, f"in 0..{n - 1}"
-    )
+    if n == 2:
+        _require(
+            positive is None or (positive in range(n) and not isinstance(positive, bool)),
+            "positive_class",
+            positive,
+            f"None or in 0..{n - 1}",
+        )
+    else:
+        _require(positive is None, "positive_class", positive, f"None with {n} classes (scored one-vs-rest)")
     ok_weights = weights is None or (
         isinstance(weights, list | tuple) and len(weights) == n and all(_number(w) and w > 0 for w in weights)
     )

@@ -120,7 +120,25 @@ BAD = {
         "inconsistent description",
     ),
     "a list": (lambda p, pl: _save(p, [torch.zeros(2)]), "holds a list"),
+    "two classes without a positive one": (
+        lambda p, pl: _save(p, {**pl, "positive_class": None}),
+        "inconsistent description",
+    ),
 }
+
+
+def test_version_1_checkpoints_still_load(payload, tmp_path):
+    """Binary checkpoints written before N classes (format_version 1) load and decide as before."""
+    assert payload["format_version"] == 2 and payload["positive_class"] == "yes"
+    network, meta = load_classifier(_save(tmp_path / "v1.pt", {**payload, "format_version": 1}))
+    assert meta["positive_class"] == "yes" and ckpt_mod.positive_index(meta) == 1
+    assert decide_labels(np.array([[0.6, 0.4], [0.45, 0.55]]), meta) == ["no", "yes"]
+
+
+def test_n_class_checkpoints_decide_by_the_most_probable_class():
+    meta = {"classes": ["a", "b", "c"], "positive_class": None}
+    assert ckpt_mod.positive_index(meta) is None
+    assert decide_labels(np.array([[0.2, 0.3, 0.5], [0.4, 0.35, 0.25]]), meta, threshold=0.9) == ["c", "a"]
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

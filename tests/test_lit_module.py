@@ -96,6 +96,39 @@ def test_positive_class_zero_swaps_the_roles():
     assert module.last_confusion["test"] == [[2, 1], [1, 3]]
 
 
+def test_three_classes_log_macro_metrics_and_keep_every_probability():
+    torch.manual_seed(0)
+    network = PyTorchCNN(width=4, depth=2, fc_hidden=8, dropout=0.0, fc_dropout=0.0, num_classes=3)
+    module = ClassifierModule(network=network, num_classes=3)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    logits = torch.log(
+        torch.tensor(
+            [
+                [0.8, 0.1, 0.1],
+                [0.2, 0.7, 0.1],
+                [0.1, 0.6, 0.3],
+                [0.3, 0.3, 0.4],
+                [0.1, 0.1, 0.8],
+                [0.5, 0.2, 0.3],
+            ]
+        )
+    )
+    probs = module.update_metrics("test", logits, labels)
+    assert probs.shape == (6, 3)
+    values = module.compute_metrics("test")
+    assert set(values) == {"test/acc", "test/auroc", "test/recall_macro", "test/precision_macro"}
+    assert values["test/acc"] == pytest.approx(3 / 6) and values["test/recall_macro"] == pytest.approx(0.5)
+    assert module.last_confusion["test"] == [[1, 1, 0], [0, 1, 1], [1, 0, 1]]
+
+
+def test_positive_class_is_for_two_classes_only():
+    network = PyTorchCNN(width=4, depth=2, fc_hidden=8, num_classes=3)
+    with pytest.raises(
+        ValueError, match=r"positive_class must be None with 3 classes \(scored one-vs-rest\), got 2"
+    ):
+        ClassifierModule(network=network, num_classes=3, positive_class=2)
+
+
 def test_sgd_and_cosine(tmp_path):
     module, fitter = (
         cnn_module(optimizer="sgd", scheduler="cosine", lr=0.1, weight_decay=0.0),
@@ -155,7 +188,7 @@ def test_predict_step_gives_probabilities_and_channels_last():
         ({"scheduler": "step"}, "scheduler must be one of"),
         ({"class_weights": [1.0]}, r"class_weights must be None or 2 numbers > 0, got \[1.0\]"),
         ({"class_weights": [1.0, 0.0]}, "class_weights must be"),
-        ({"positive_class": 2}, r"positive_class must be in 0..1, got 2"),
+        ({"positive_class": 2}, r"positive_class must be None or in 0..1, got 2"),
         ({"lr": 0}, "lr must be a number > 0, got 0"),
         ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
         ({"num_classes": 1}, "num_classes must be an integer >= 2"),

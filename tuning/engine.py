@@ -150,8 +150,11 @@ def build_classifier(
     class_weights: list[float] | None = None,
     backbone_state: WeightsState | None = None,
     cached_depth: int | None = None,
+    positive: int | None = None,
 ):
     """The network (weights loaded) wrapped in the LightningModule. Returns (module, weights description).
+
+    ``positive``: index of a two-class problem's positive class (None: the last class); None for N classes.
 
     ``backbone_state``: weights already read (by the search's driver, shipped through Ray's object store);
     without it, ``cfg.weights`` is resolved here. ``cached_depth``: wrap the ResNet50 in ``CachedTail`` for
@@ -178,7 +181,7 @@ def build_classifier(
         max_epochs=cfg.max_epochs,
         class_weights=class_weights,
         label_smoothing=cfg.label_smoothing,
-        positive_class=num_classes - 1,
+        positive_class=positive if num_classes == 2 else None,
     )
     return module, described
 

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tuning.files import atomic_write_text  # noqa: E402
-from tuning.report import fmt_ci  # noqa: E402
+from tuning.report import fmt_ci, is_binary, metric_rows  # noqa: E402
 
 
 def collect_trials(grid, *, metric: str, mode: str) -> list[dict]:
@@ -140,9 +140,7 @@ def summary_table(report: dict, run_dir: Path) -> str:
         ),
         ("test accuracy (95% CI)", fmt_ci(m["accuracy"], m["accuracy_ci95"]) + f"  n={m['n']}"),
         ("majority baseline", f"{100 * m['majority_baseline']:.1f}%"),
-        ("ROC AUC (95% CI)", fmt_ci(m["auroc"], m["auroc_ci95"], pct=False)),
-        ("sensitivity", fmt_ci(m["sensitivity"], m["sensitivity_ci95"])),
-        ("specificity", fmt_ci(m["specificity"], m["specificity_ci95"])),
+        *[(name + (" (95% CI)" if "AUC" in name else ""), value) for name, value in metric_rows(m)],
         (
             "trials",
             "{total} ({terminated} finished, {stopped_early} stopped early by ASHA, {error} failed)".format(
@@ -153,6 +151,22 @@ def summary_table(report: dict, run_dir: Path) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(["", *[f"{k:<{width}}  {v}" for k, v in rows]])
+
+
+def _f1_row(m: dict) -> list[str]:
+    if not is_binary(m):
+        return []
+    return [f"| F1 | {m['f1']:.3f} |" if not math.isnan(m["f1"]) else "| F1 | n/a |"]
+
+
+def _confusion_line(m: dict) -> str:
+    if is_binary(m):
+        return f"Confusion matrix [[tn, fp], [fn, tp]]: {m['confusion_matrix']}. Intervals: {m['interval_method']}."
+    order = ", ".join(m["confusion_labels"])
+    return (
+        f"Confusion matrix (rows true, columns predicted; {order}): {m['confusion_matrix']}. "
+        f"Intervals: {m['interval_method']}."
+    )
 
 
 def render_markdown(report: dict, trials: list[dict]) -> str:
@@ -174,12 +188,10 @@ def render_markdown(report: dict, trials: list[dict]) -> str:
         "|---|---|",
         f"| accuracy | {fmt_ci(m['accuracy'], m['accuracy_ci95'])} (n={m['n']}) |",
         f"| majority baseline | {100 * m['majority_baseline']:.1f}% |",
-        f"| ROC AUC | {fmt_ci(m['auroc'], m['auroc_ci95'], pct=False)} |",
-        f"| sensitivity | {fmt_ci(m['sensitivity'], m['sensitivity_ci95'])} |",
-        f"| specificity | {fmt_ci(m['specificity'], m['specificity_ci95'])} |",
-        f"| F1 | {m['f1']:.3f} |" if not math.isnan(m["f1"]) else "| F1 | n/a |",
+        *[f"| {name} | {value} |" for name, value in metric_rows(m)],
+        *_f1_row(m),
         "",
-        f"Confusion matrix [[tn, fp], [fn, tp]]: {m['confusion_matrix']}. Intervals: {m['interval_method']}.",
+        _confusion_line(m),
         "",
         "## Search",
         "",

@@ -2,7 +2,9 @@
 
 Trains on the train split, picks the epoch with the best validation metric, evaluates that checkpoint once on
 the test split, and writes into ``--out``: ``metrics.csv``, ``model.pt`` (self-describing best checkpoint),
-``split.csv``, ``loss_curves.png``, ``confusion_matrix.png``, ``roc.png`` and ``report.json``.
+``split.csv``, ``loss_curves.png``, ``confusion_matrix.png``, ``roc.png`` (one-vs-rest curves for more than two
+classes) and ``report.json``. The classes are the data's class folders; a two-class set scores its
+``--positive-class`` (default ``yes``) for sensitivity, specificity and the ROC.
 """
 
 from __future__ import annotations
@@ -24,10 +26,18 @@ from pytorch_lightning.loggers import CSVLogger
 from modules.dataset import PreparedData, resolve_data
 from modules.split import majority_baselines
 from tuning import engine
-from tuning.cli import output_folder, run_main, warn
+from tuning.cli import add_positive_class_flag, output_folder, run_main, warn
 from tuning.engine import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TrainConfig
 from tuning.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from tuning.report import binary_metrics, plot_confusion, plot_loss_curves, plot_roc, summary_lines, versions
+from tuning.report import (
+    classification_metrics,
+    plot_confusion,
+    plot_loss_curves,
+    plot_roc,
+    plot_roc_ovr,
+    summary_lines,
+    versions,
+)
 
 QUIET_WARNINGS = (
     ".*does not have many workers.*",
@@ -52,7 +62,9 @@ def quiet_lightning() -> None:
 def export_checkpoint(
     path: Path, module, cfg: TrainConfig, data: PreparedData, *, best_epoch: int, weights: str
 ) -> Path:
-    """A checkpoint that needs no pickle (loads with ``weights_only=True``) and describes itself."""
+    """A checkpoint that needs no pickle (loads with ``weights_only=True``) and describes itself.
+
+    ``positive_class`` is the positive class's name for two classes, None for more (format version 2)."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.network.state_dict().items()}
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -61,7 +73,7 @@ def export_checkpoint(
         "network_hparams": engine.network_hparams(cfg),
         "num_classes": len(data.images.classes),
         "classes": list(data.images.classes),
-        "positive_class": data.images.classes[-1],
+        "positive_class": data.positive_class,
         "config": cfg.to_dict(),
         "preprocessing": cfg.preprocessing.to_dict(),
         "weights_source": weights,
@@ -99,7 +111,11 @@ def run_training(
     trial_data = data.trial_data()
     weights = engine.balanced_weights(trial_data) if cfg.class_weights == "balanced" else None
     module, weights_desc = engine.build_classifier(
-        cfg, len(trial_data.classes), class_weights=weights, backbone_state=backbone_state
+        cfg,
+        len(trial_data.classes),
+        class_weights=weights,
+        backbone_state=backbone_state,
+        positive=data.positive,
     )
     dm = engine.build_datamodule(cfg, trial_data)
     ckpt_dir = out / "lightning_checkpoints"
@@ -126,8 +142,9 @@ def run_training(
     outputs = module.test_outputs
     labels = data.images.classes
     baseline = majority_baselines(data.images.labels, data.splits, labels)["test"]["accuracy"]
-    test = binary_metrics(
-        outputs["probs"].numpy(), outputs["labels"].numpy(), majority_baseline=baseline, seed=cfg.seed
+    probs, targets = outputs["probs_all"].numpy(), outputs["labels"].numpy()
+    test = classification_metrics(
+        probs, targets, labels, positive=data.positive, majority_baseline=baseline, seed=cfg.seed
     )
     export_checkpoint(out / "model.pt", module, cfg, data, best_epoch=best_epoch, weights=weights_desc)
     shutil.rmtree(
@@ -142,9 +159,14 @@ def run_training(
             title=f"{cfg.model}: loss per epoch",
         ),
         plot_confusion(
-            test["confusion_matrix"], labels, out / "confusion_matrix.png", title="test confusion matrix"
+            test["confusion_matrix"],
+            test["confusion_labels"],
+            out / "confusion_matrix.png",
+            title="test confusion matrix",
         ),
-        plot_roc(outputs["probs"].numpy(), outputs["labels"].numpy(), out / "roc.png"),
+        plot_roc(probs[:, data.positive], targets == data.positive, out / "roc.png")
+        if data.positive is not None
+        else plot_roc_ovr(probs, targets, labels, out / "roc.png"),
     ]
     report = {
         "kind": kind,
@@ -227,8 +249,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     d = p.add_argument_group("data")
     d.add_argument(
-        "--data", default=None, help="folder with yes/ and no/ or a .zip (default: the phantom set)"
+        "--data",
+        default=None,
+        help="folder with one sub-folder per class (e.g. yes/ and no/) or a .zip (default: the phantom set)",
     )
+    add_positive_class_flag(d)
     d.add_argument("--split-seed", type=int, default=0, help="seed of the grouped split (default: 0)")
     d.add_argument("--strict", action="store_true", help="refuse bad image files instead of skipping them")
     p.add_argument("--out", required=True, help="run folder to write (refused if it holds a report already)")
@@ -242,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cfg = config_from_args(args)
     out = output_folder(args.out, "train", marker="report.json", overwrite=args.overwrite)
-    data = resolve_data(args.data, seed=args.split_seed, strict=args.strict, warn=warn)
+    data = resolve_data(
+        args.data, seed=args.split_seed, strict=args.strict, positive_class=args.positive_class, warn=warn
+    )
     command = "python -m tuning.train " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = run_training(cfg, data, out, command=command, progress=not args.no_progress)
     m = report["metrics"]["test"]

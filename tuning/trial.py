@@ -57,6 +57,7 @@ def train_trial(config: dict, *, data, base: dict, backbone_state, cache=None) -
         class_weights=class_weights,
         backbone_state=backbone_state,
         cached_depth=cfg.unfreeze_depth if cached else None,
+        positive=data.positive,
     )
     # after the training epoch: validation of that epoch has run, so every metric is there
     report = EpochReport(metrics=TUNE_METRICS, save_checkpoints=False, on="train_epoch_end")
