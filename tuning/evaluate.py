@@ -1,10 +1,12 @@
 """``python -m tuning.evaluate --checkpoint CKPT --data PATH``: score a saved model on another labelled set.
 
 The set (a folder with the checkpoint's class folders, e.g. yes/ and no/, or a .zip of one) is ingested with the
-same validation as training. ``--exclude-duplicates-of REF`` first drops the images that are exact or near
+same validation as training; a two-class model is scored on its checkpoint's positive class, a model of more
+classes one-vs-rest (macro and per-class recall, precision, ROC AUC). ``--exclude-duplicates-of REF`` first drops the images that are exact or near
 copies of an image of REF (e.g. the training data), since a copy of a training image is no test. Writes into
 ``--out``: ``report.json`` (kind "evaluate", the shape of tuning.train's), ``predictions.csv`` (one row per
-scored image), ``confusion_matrix.png`` and ``roc.png``, and prints a short summary.
+scored image, with the probability of every class), ``confusion_matrix.png`` and ``roc.png``, and prints a
+short summary.
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from modules.duplicates import DEFAULT_THRESHOLD, group_duplicates
 from modules.ingest import ImageSet, display_path, load_image_set
 from tuning.cli import output_folder, run_main, set_threads, warn
 from tuning.files import atomic_write_json, atomic_write_text
-from tuning.report import binary_metrics, plot_confusion, plot_roc, summary_lines, versions
+from tuning.report import (
+    classification_metrics,
+    plot_confusion,
+    plot_roc,
+    plot_roc_ovr,
+    summary_lines,
+    versions,
+)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -127,12 +136,17 @@ def exclude_copies(
     }
 
 
-def _predictions_csv(paths: list[str], labels: list[str], probs: np.ndarray, pred: list[str]) -> str:
+def _predictions_csv(
+    paths: list[str], labels: list[str], probs_all: np.ndarray, pred: list[str], classes: list[str], pos
+) -> str:
+    """One row per image: path, true label, the positive class's probability (``probability``, two classes
+    only, empty otherwise), the predicted class and ``prob_<class>`` for every class."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "label", "probability", "predicted"])
-    for row in zip(paths, labels, probs, pred, strict=True):
-        writer.writerow([row[0], row[1], f"{row[2]:.6f}", row[3]])
+    writer.writerow(["path", "label", "probability", "predicted", *[f"prob_{c}" for c in classes]])
+    for path, label, row, predicted in zip(paths, labels, probs_all, pred, strict=True):
+        positive = "" if pos is None else f"{row[pos]:.6f}"
+        writer.writerow([path, label, positive, predicted, *[f"{p:.6f}" for p in row]])
     return buf.getvalue()
 
 
@@ -168,11 +182,18 @@ def run_evaluation(
     probs_all = predict_probabilities(
         network, [r.pixels for r in recs], eval_transform(meta), batch_size=batch_size
     )
-    probs = probs_all[:, positive_index(meta)]
-    y = np.array([int(r.label == positive) for r in recs], dtype=np.int64)
+    pos = positive_index(meta)
+    y = np.array([classes.index(r.label) for r in recs], dtype=np.int64)
     counts = Counter(r.label for r in recs)
-    majority = max(classes, key=lambda c: (counts[c], c == positive))
-    test = binary_metrics(probs, y, majority_baseline=counts[majority] / len(recs), threshold=threshold)
+    majority = max(classes, key=lambda c: (counts[c], c == positive, -classes.index(c)))
+    test = classification_metrics(
+        probs_all,
+        y,
+        classes,
+        positive=pos,
+        majority_baseline=counts[majority] / len(recs),
+        threshold=threshold,
+    )
     test["majority_baseline_class"] = majority
     test["majority_baseline_of"] = (
         f"the evaluated set: the share of its majority class '{majority}' (always predicting '{majority}')"
@@ -183,15 +204,20 @@ def run_evaluation(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         out / "predictions.csv",
-        _predictions_csv([display_path(r.path) for r in recs], [r.label for r in recs], probs, pred),
+        _predictions_csv(
+            [display_path(r.path) for r in recs], [r.label for r in recs], probs_all, pred, classes, pos
+        ),
     )
-    negatives = [c for c in classes if c != positive]
-    binary_names = [negatives[0] if len(negatives) == 1 else f"not {positive}", positive]
     plots = [
         plot_confusion(
-            test["confusion_matrix"], binary_names, out / "confusion_matrix.png", title="confusion matrix"
+            test["confusion_matrix"],
+            test["confusion_labels"],
+            out / "confusion_matrix.png",
+            title="confusion matrix",
         ),
-        plot_roc(probs, y, out / "roc.png", title="ROC (evaluated set)"),
+        plot_roc(probs_all[:, pos], y == pos, out / "roc.png", title="ROC (evaluated set)")
+        if pos is not None
+        else plot_roc_ovr(probs_all, y, classes, out / "roc.png", title="one-vs-rest ROC (evaluated set)"),
     ]
     report = {
         "kind": "evaluate",
@@ -233,7 +259,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="model.pt written by tuning.train or tuning.search")
     d = p.add_argument_group("data")
-    d.add_argument("--data", required=True, help="labelled set to score: folder with yes/ and no/, or a .zip")
+    d.add_argument(
+        "--data",
+        required=True,
+        help="labelled set to score: a folder with the model's class folders (e.g. yes/ and no/), or a .zip",
+    )
     d.add_argument("--strict", action="store_true", help="refuse bad image files instead of skipping them")
     d.add_argument(
         "--exclude-duplicates-of",
@@ -253,7 +283,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=0.5,
-        help="probability of the positive class from which it is predicted (default: 0.5)",
+        help="two-class models: probability of the positive class from which it is predicted (default: 0.5); "
+        "models of more classes predict the most probable class",
     )
     m.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     m.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")

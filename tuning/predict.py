@@ -2,9 +2,11 @@
 evidence.
 
 For each image (folders are walked recursively; symlinks leaving a given folder are refused) it prints and
-writes to ``--out``/``predictions.csv`` the probability of the checkpoint's positive class (a tumour) and the
-label at ``--threshold``, and writes ``heatmaps/<n>-<name>.png``: the Grad-CAM map of the positive class
-(where the evidence for a tumour lies) over the scan, at the scan's own size. Images are decoded exactly as
+writes to ``--out``/``predictions.csv`` the probability of every class (``prob_<class>``) and the label: for a
+two-class model the positive class (a tumour) where its probability (``probability``) reaches ``--threshold``,
+for a model of more classes the most probable class. It writes ``heatmaps/<n>-<name>.png``: the Grad-CAM map
+over the scan, at the scan's own size, of the class named in ``heatmap_class``: the positive class of a
+two-class model (where the evidence for a tumour lies), the predicted class of a model of more classes. Images are decoded exactly as
 the training data were (content-based format, explicit grayscale). Files that cannot be read are listed with
 the reason, in the table and in the CSV, and the others are still labelled.
 """
@@ -50,7 +52,22 @@ from tuning.cli import output_folder, run_main, set_threads
 from tuning.evaluate import model_info
 from tuning.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-CSV_FIELDS = ("path", "probability", "label", "heatmap", "width", "height", "error")
+CSV_FIELDS = (
+    "path",
+    "probability",
+    "label",
+    "heatmap",
+    "width",
+    "height",
+    "error",
+)  # + prob_<class>, heatmap_class
+
+
+def csv_fields(classes: list[str]) -> list[str]:
+    """The columns of predictions.csv: ``CSV_FIELDS``, the class of the heat map, one probability per class."""
+    return [*CSV_FIELDS, "heatmap_class", *[f"prob_{c}" for c in classes]]
+
+
 HEAT_ALPHA = 0.6  # opacity of the colour map where the heat is 1; it fades to the plain scan where it is 0
 
 
@@ -144,11 +161,12 @@ def run_prediction(
 ) -> tuple[list[dict], dict]:
     """Label every image of ``inputs``, write ``predictions.csv``, the heat maps and ``predict.json`` into
     ``out_dir``. Returns (rows, meta): the CSV rows (``probability`` None and ``error`` the reason for a file
-    that cannot be read) and the checkpoint's description (``modules.checkpoint.load_classifier``)."""
+    that cannot be read; ``probs`` {class: probability}; ``probability`` the positive class's, None for a
+    model of more classes) and the checkpoint's description (``modules.checkpoint.load_classifier``)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
     network, meta = load_classifier(checkpoint)
-    transform, pos = eval_transform(meta), positive_index(meta)
+    transform, pos, classes = eval_transform(meta), positive_index(meta), list(meta["classes"])
     pre, layer = preprocessing(meta), default_target_layer(network)
     sources = collect_sources(inputs)
     if not sources:
@@ -159,21 +177,24 @@ def run_prediction(
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for n, source in enumerate(sources):
-        row = dict.fromkeys(CSV_FIELDS, None) | {"path": source.path, "error": ""}
+        row = dict.fromkeys(CSV_FIELDS, None) | {"path": source.path, "error": "", "probs": None}
         pixels, row["error"] = _decode(source)
         if pixels is not None:
             shown = _shrink(pixels, KEEP_MAX_SIDE)  # what ingest keeps, so the numbers match tuning.evaluate
             probs = predict_probabilities(network, [shown], transform)
-            row["probability"] = float(probs[0, pos])
+            row["probs"] = {c: float(p) for c, p in zip(classes, probs[0], strict=True)}
+            row["probability"] = None if pos is None else float(probs[0, pos])
             row["label"] = decide_labels(probs, meta, threshold=threshold)[0]
             row["height"], row["width"] = pixels.shape
             if heatmaps:
-                cam = grad_cam(network, transform(to_tensor(shown))[None], layer, pos)
+                explained = pos if pos is not None else classes.index(row["label"])
+                row["heatmap_class"] = classes[explained]
+                cam = grad_cam(network, transform(to_tensor(shown))[None], layer, explained)
                 heat = to_image_geometry(cam, pre, *pixels.shape)
                 row["heatmap"] = _heatmap_name(n, source.path)
                 atomic_write_bytes(out / row["heatmap"], _png(overlay(pixels, heat)))
         rows.append(row)
-    atomic_write_text(out / "predictions.csv", _csv(rows))
+    atomic_write_text(out / "predictions.csv", _csv(rows, classes))
     atomic_write_json(
         out / "predict.json",
         {
@@ -181,7 +202,7 @@ def run_prediction(
             "command": command,
             "model": model_info(meta),
             "threshold": threshold,
-            "heatmap": "Grad-CAM of the positive class at "
+            "heatmap": f"Grad-CAM of the {'positive' if pos is not None else 'predicted'} class at "
             + ("backbone.layer4" if meta["model"] == "resnet50" else "the last conv block's ReLU"),
             "images": len(rows),
             "unreadable": sum(1 for r in rows if r["error"]),
@@ -191,25 +212,34 @@ def run_prediction(
     return rows, meta
 
 
-def _csv(rows: list[dict]) -> str:
+def _csv(rows: list[dict], classes: list[str]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=csv_fields(classes), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        p = row["probability"]
-        writer.writerow({**row, "probability": "" if p is None else f"{p:.6f}"})
+        p, probs = row["probability"], row["probs"] or {}
+        cells = {f"prob_{c}": f"{probs[c]:.6f}" if c in probs else "" for c in classes}
+        plain = {k: v for k, v in row.items() if k != "probs"}
+        writer.writerow({**plain, "probability": "" if p is None else f"{p:.6f}", **cells})
     return buf.getvalue()
 
 
-def format_table(rows: list[dict], positive: str) -> str:
+def format_table(rows: list[dict], classes: list[str]) -> str:
+    """The printed table: path, the probability of every class, the label, the heat map or the problem."""
     width = min(60, max([len(r["path"]) for r in rows] + [4]))
-    lines = [f"{'path':<{width}}  {'P(' + positive + ')':>8}  {'label':<8}  heat map / problem"]
+    heads = [f"P({c})" for c in classes]
+    cols = [max(8, len(h)) for h in heads]
+    label_width = max([8, *[len(c) for c in classes]])
+    head = "  ".join(f"{h:>{w}}" for h, w in zip(heads, cols, strict=True))
+    lines = [f"{'path':<{width}}  {head}  {'label':<{label_width}}  heat map / problem"]
     for r in rows:
         path = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3) :]
         if r["error"]:
-            lines.append(f"{path:<{width}}  {'-':>8}  {'-':<8}  unreadable: {r['error']}")
+            dashes = "  ".join(f"{'-':>{w}}" for w in cols)
+            lines.append(f"{path:<{width}}  {dashes}  {'-':<{label_width}}  unreadable: {r['error']}")
         else:
-            lines.append(f"{path:<{width}}  {r['probability']:>8.3f}  {r['label']:<8}  {r['heatmap'] or ''}")
+            values = "  ".join(f"{r['probs'][c]:>{w}.3f}" for c, w in zip(classes, cols, strict=True))
+            lines.append(f"{path:<{width}}  {values}  {r['label']:<{label_width}}  {r['heatmap'] or ''}")
     return "\n".join(lines)
 
 
@@ -228,7 +258,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=0.5,
-        help="probability of the positive class from which an image gets that label (default: 0.5)",
+        help="two-class models: probability of the positive class from which an image gets that label "
+        "(default: 0.5); models of more classes give the most probable class",
     )
     p.add_argument(
         "--no-heatmaps", action="store_true", help="skip the Grad-CAM heat maps (default: write them)"
@@ -252,11 +283,14 @@ def main(argv: list[str] | None = None) -> int:
         heatmaps=not args.no_heatmaps,
         command=command,
     )
-    print(format_table(rows, meta["positive_class"]))
+    print(format_table(rows, list(meta["classes"])))
     bad = sum(1 for r in rows if r["error"])
-    print(
-        f"\n{len(rows) - bad} labelled, {bad} unreadable; threshold {args.threshold} on P({meta['positive_class']})"
+    rule = (
+        f"threshold {args.threshold} on P({meta['positive_class']})"
+        if meta["positive_class"] is not None
+        else "the most probable class"
     )
+    print(f"\n{len(rows) - bad} labelled, {bad} unreadable; {rule}")
     print(f"written: {out}/predictions.csv" + ("" if args.no_heatmaps else f", {out}/heatmaps/"))
     return 0 if bad < len(rows) else 1
 
