@@ -299,8 +299,9 @@ def metric_rows(m: dict) -> list[tuple[str, str]]:
         ("macro precision", _pct(m["precision_macro"])),
     ]
     for name, c in m["per_class"].items():
-        value = fmt_ci(c["recall"], c["recall_ci95"]) + f", precision {_pct(c['precision'])}  (n={c['n']})"
-        rows.append((f"recall {name}", value))
+        recall = fmt_ci(c["recall"], c["recall_ci95"]) if c["n"] else "none in the labels"
+        precision = "never predicted" if math.isnan(c["precision"]) else f"precision {_pct(c['precision'])}"
+        rows.append((f"recall {name}", f"{recall}, {precision}  (n={c['n']})"))
     return rows
 
 
