@@ -315,11 +315,11 @@ def _discover_class_dirs(
     shown = "/".join(prefix) + "/" if prefix else "the top level"
     if len(by_lower) < 2:
         if by_lower:
-            found = f"at {shown} only one folder ({next(iter(by_lower.values()))}/)"
+            found = f"only one class folder ({next(iter(by_lower.values()))}/) at {shown}"
         elif prefix and files_here:  # a lone folder of images: one class
             found = f"only one class folder ({prefix[0]}/, {len(files_here)} file(s))"
         else:
-            found = f"at {shown} no folder and {len(files_here)} file(s)"
+            found = f"no folder and {len(files_here)} file(s) at {shown}"
         raise DatasetError(
             f"{source}: unexpected layout: found {found}; expected two or more class folders (one per class, "
             "e.g. yes/ and no/), optionally inside one wrapping folder"

@@ -379,17 +379,21 @@ LAYOUT_ERRORS = {
     ),
     "missing-no": (
         lambda r: [_remove_all(r / "no"), (r / "no").rmdir()],
-        "found class folders ['yes/'] but no no/",
+        "found only one class folder (yes/, 8 file(s)); expected two or more class folders",
     ),
-    "extra-class": (lambda r: write_image(r / "maybe" / "m.png", scan(5)), "unexpected folder(s) ['maybe/']"),
+    "empty-extra-class": (lambda r: (r / "maybe").mkdir(), "no usable images in maybe/"),
+    "second-copy": (
+        lambda r: write_image(r / "brain_tumor_dataset" / "yes" / "y.png", scan(5)),
+        "folder(s) ['brain_tumor_dataset/'] at the top level hold their own copies of the class folders",
+    ),
     "case-clash": (lambda r: (r / "YES").mkdir(), "folders whose names differ only in case"),
-    "no-class-folders": (
+    "two-classes-without-yes": (
         lambda r: [(r / "yes").rename(r / "a"), (r / "no").rename(r / "b")],
-        "unexpected layout",
+        "two classes (a, b) and no 'yes' among them; expected --positive-class",
     ),
     "yes-is-a-file": (
         lambda r: [_remove_all(r / "yes"), (r / "yes").rmdir(), (r / "yes").write_bytes(b"x")],
-        "but no yes/",
+        "unexpected layout: found only one class folder (no/) at the top level",
     ),
     "too-few-images": (
         lambda r: [p.unlink() for p in [*(r / "yes").iterdir()][1:] + [*(r / "no").iterdir()][1:]],
@@ -540,7 +544,9 @@ def test_archive_missing_a_class_is_one_clear_error(ws, capsys):
     (ws / "set" / "no").rmdir()
     z = zip_of(ws / "set", ws / "half.zip")
     code, _, err = run_cli(data_cli.main, [z], capsys, ws)
-    assert_error(code, err, "but no no/")
+    assert_error(
+        code, err, "found only one class folder (yes/) at brain_tumor_dataset/; expected two or more"
+    )
 
 
 # ----------------------------------------------------------------------------- no pixel buffer for a bomb
@@ -618,5 +624,7 @@ def test_train_on_a_broken_archive_is_one_error_and_writes_nothing(ws, capsys):
     (ws / "set" / "no").rmdir()
     z = zip_of(ws / "set", ws / "half.zip")
     code, out, err = run_cli(train_cli.main, ["--data", z, "--out", ws / "run", *TINY_TRAIN], capsys, ws)
-    assert_error(code, err, "but no no/")
+    assert_error(
+        code, err, "found only one class folder (yes/) at brain_tumor_dataset/; expected two or more"
+    )
     assert not (ws / "run").exists()

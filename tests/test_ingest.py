@@ -333,6 +333,6 @@ def test_one_class_folder_is_refused(tmp_path):
         write_image(tmp_path / "set" / "wrap" / "glioma" / f"g{i}.png", scan(i))
     write_image(tmp_path / "set" / "wrap" / ".hidden" / "h.png", scan(9))
     with pytest.raises(
-        DatasetError, match=r"at wrap/ only one folder \(glioma/\); expected two or more class"
+        DatasetError, match=r"only one class folder \(glioma/\) at wrap/; expected two or more class"
     ):
         load_image_set(tmp_path / "set")
