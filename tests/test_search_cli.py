@@ -128,7 +128,7 @@ def test_bad_data_is_refused_before_ray(no_ray, tmp_path, capsys):
     for i in range(3):
         write_image(tmp_path / "set" / "yes" / f"y{i}.png", scan(i))
     line = run_refused([*BASE, "--data", str(tmp_path / "set"), "--out", str(tmp_path / "run")], capsys)
-    assert "but no no/" in line
+    assert "found only one class folder (yes/, 3 file(s))" in line
     assert not (tmp_path / "run" / "search.json").exists()
 
 
