@@ -302,17 +302,18 @@ class CachedDataModule(pl.LightningDataModule):
         self, cache: FeatureCache, *, depth: int, stage2_epoch: int, batch_size: int = 16, seed: int = 0
     ):
         super().__init__()
-        if depth not in cache.train_cut and stage2_epoch < 10**6:
-            raise ValueError(
-                f"the cache holds depths {cache.depths}, not the requested unfreeze depth {depth}"
-            )
         self.cache, self.depth, self.stage2_epoch = cache, depth, stage2_epoch
         self.batch_size, self.seed = batch_size, seed
 
     def _key(self) -> str | int:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        if epoch < self.stage2_epoch or self.depth not in self.cache.train_cut:
+        if epoch < self.stage2_epoch:
             return "pooled"
+        if self.depth not in self.cache.train_cut:
+            raise ValueError(
+                f"stage 2 starts at epoch {epoch} with unfreeze depth {self.depth}, but the cache holds only "
+                f"the cuts for depths {list(self.cache.depths)}"
+            )
         return self.depth
 
     def _loader(self, split: str) -> DataLoader:

@@ -77,7 +77,18 @@ def _weights_for(spec: dict, s: SearchSettings) -> WeightsState | None:
     model = spec.get("model", s.base.get("model", TrainConfig.model))
     if model != "resnet50" and not isinstance(model, dict):  # a space may also choose the model
         return None
-    return resolve_weights(s.base.get("weights", "imagenet"))
+    state = resolve_weights(s.base.get("weights", "imagenet"))
+    if state.tensors is None:  # random init: drawn once here, so that the cache, every trial and the refit
+        import torch  # start from the same backbone (the cache is computed with it)
+
+        from modules.networks import build_network
+
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(s.seed)
+        backbone = build_network("resnet50", num_classes=2, weights="none").backbone
+        torch.random.set_rng_state(generator_state)
+        state = WeightsState(dict(backbone.state_dict()), f"none (random init, seed {s.seed})")
+    return state
 
 
 def _storage(s: SearchSettings) -> str:
