@@ -17,12 +17,16 @@ from modules.ingest import DatasetError, ImageSet, display_path, load_image_set
 from modules.split import (
     DEFAULT_FRACTIONS,
     SPLITS,
+    assign_groups,
+    file_groups,
+    grouped_folds,
     grouped_split,
     groups_across_splits,
     majority_baselines,
     split_counts,
 )
 
+SPLIT_MODES = ("grouped", "random")
 DEMO_PHANTOM = {"n_per_class": 60, "size": 128, "seed": 0}
 DEFAULT_POSITIVE = "yes"  # the tumour class of the brain-MRI set: the positive class of a two-class set
 
@@ -79,9 +83,9 @@ class PreparedData:
     seed: int
     fractions: tuple[float, float, float]
     synthetic: bool
-    positive: int | None = (
-        None  # index in images.classes of a two-class set's positive class (see resolve_positive)
-    )
+    positive: int | None = None  # index in images.classes of a two-class set's positive class
+    split_mode: str = "grouped"  # "grouped" (leak-free) or "random" (by file, ignoring duplicates: leaky)
+    fold: dict | None = None  # for one fold of a cross-validation: {"k": ..., "index": ..., "seed": ...}
 
     @property
     def positive_class(self) -> str | None:
@@ -94,14 +98,71 @@ class PreparedData:
     def indices(self, split: str) -> list[int]:
         return [i for i, s in enumerate(self.splits) if s == split]
 
-    def trial_data(self) -> TrialData:
+    @property
+    def leaky(self) -> bool:
+        return self.split_mode == "random"
+
+    def split_groups(self) -> list[str]:
+        """The groups the split keeps together: duplicate groups, or single files for ``--split random``."""
+        return file_groups(len(self.groups)) if self.leaky else self.groups
+
+    def trial_data(self, *, exclude_test: bool = False) -> TrialData:
+        """The arrays a run needs. ``exclude_test``: leave the test images out altogether (what a search's
+        trials get: they cannot touch the images the refit is scored on)."""
+        keep = [i for i, s in enumerate(self.splits) if not (exclude_test and s == "test")]
+        targets = self.images.targets
         return TrialData(
-            images=[r.pixels for r in self.images.records],
-            targets=self.images.targets.tolist(),
-            splits=list(self.splits),
+            images=[self.images.records[i].pixels for i in keep],
+            targets=[int(targets[i]) for i in keep],
+            splits=[self.splits[i] for i in keep],
             classes=self.images.classes,
             positive=self.positive,
         )
+
+    def cv_folds(self, k: int) -> list[PreparedData]:
+        """K copies of this data set, fold ``f`` held out as "test" and the rest split into train/val.
+
+        Folds are stratified and grouped (duplicate groups, or single files for ``--split random``) with this
+        data's seed; each fold's train/val split uses seed ``seed + 1 + f`` with the train:val ratio of
+        ``fractions``. Every image is in the test split of exactly one fold."""
+        groups = self.split_groups()
+        labels = self.images.labels
+        folds = grouped_folds(labels, groups, k=k, seed=self.seed)
+        train_f, val_f = self.fractions[0], self.fractions[1]
+        out = []
+        for f in range(k):
+            rest = [i for i, g in enumerate(folds) if g != f]
+            inner = assign_groups(
+                [labels[i] for i in rest],
+                [groups[i] for i in rest],
+                names=("train", "val"),
+                fractions=(train_f / (train_f + val_f), val_f / (train_f + val_f)),
+                seed=self.seed + 1 + f,
+            )
+            splits = ["test"] * len(labels)
+            for i, s in zip(rest, inner, strict=True):
+                splits[i] = s
+            empty = [s for s in SPLITS if s not in splits]
+            if empty:
+                raise ValueError(
+                    f"fold {f + 1} of {k}: the {', '.join(empty)} split(s) would be empty; expected enough "
+                    f"distinct images per class for {k} folds (use fewer folds)"
+                )
+            fold = {"k": k, "index": f, "seed": self.seed, "inner_seed": self.seed + 1 + f}
+            out.append(
+                PreparedData(
+                    self.images,
+                    self.dups,
+                    splits,
+                    self.seed,
+                    self.fractions,
+                    self.synthetic,
+                    positive=self.positive,
+                    split_mode=self.split_mode,
+                    fold=fold,
+                )
+            )
+        return out
 
     def split_rows(self) -> list[dict[str, str]]:
         """The manifest: one row per image (path, sha256, label, group, split), sorted by path."""
@@ -132,6 +193,10 @@ class PreparedData:
             "skipped": len(self.images.skipped),
             "split_seed": self.seed,
             "split_fractions": list(self.fractions),
+            "split_mode": self.split_mode,
+            "leaky": self.leaky,
+            "groups_across_splits": groups_across_splits(self.groups, self.splits),
+            **({"fold": self.fold} if self.fold else {}),
         }
 
     def summary(self) -> dict:
@@ -162,6 +227,7 @@ class PreparedData:
             "groups_across_splits": groups_across_splits(self.groups, self.splits),
             "split_seed": self.seed,
             "split_fractions": list(self.fractions),
+            "split_mode": self.split_mode,
             "split": split_counts(labels, self.splits, classes),
             "majority_baseline": majority_baselines(labels, self.splits, classes),
         }
@@ -178,11 +244,16 @@ def prepare_data(
     positive_class: str | None = None,
     synthetic: bool = False,
     warn: Callable[[str], None] | None = None,
+    split: str = "grouped",
 ) -> PreparedData:
     """Ingest, group duplicates, split. Raises ``DatasetError`` / ``ValueError`` with a clear message.
 
     ``classes`` None: one class per folder (see ``load_image_set``). ``positive_class``: see
-    ``resolve_positive``."""
+    ``resolve_positive``. ``split``: "grouped" keeps every duplicate group inside one split; "random" splits
+    file by file and lets duplicates straddle train and test (LEAKY: only to measure how much duplicates
+    inflate a result)."""
+    if split not in SPLIT_MODES:
+        raise ValueError(f"unknown split mode {split!r}; expected one of {', '.join(SPLIT_MODES)}")
     images = load_image_set(path, classes=classes, strict=strict, warn=warn)
     positive = resolve_positive(images.classes, positive_class, source=images.source)
     dups = group_duplicates(
@@ -197,14 +268,17 @@ def prepare_data(
                 f"{display_path(images.records[i].path)} ({images.records[i].label})" for i in c
             )
             warn(f"duplicate cluster with conflicting labels (kept together in one split): {shown}")
-    splits = grouped_split(images.labels, dups.group, fractions=fractions, seed=seed)
+    groups = file_groups(len(dups.group)) if split == "random" else dups.group
+    splits = grouped_split(images.labels, groups, fractions=fractions, seed=seed)
     empty = [s for s in SPLITS if s not in splits]
     if empty:
         raise ValueError(
             f"{path}: too few distinct images ({len(set(dups.group))} groups) to fill the {', '.join(empty)} "
             f"split(s); expected enough images per class for {fractions}"
         )
-    return PreparedData(images, dups, splits, seed, tuple(fractions), synthetic, positive)
+    return PreparedData(
+        images, dups, splits, seed, tuple(fractions), synthetic, positive=positive, split_mode=split
+    )
 
 
 def demo_data_dir(cache: str | os.PathLike | None = None) -> Path:

@@ -15,6 +15,7 @@ needs torch only (never Ray).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ CHANNELS = {"layer1": 256, "layer2": 512, "layer3": 1024}
 STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16}
 POOLED = 2048
 BYTES = 2  # float16
+SPLITS = ("train", "val", "test")
 BUILDS = {"count": 0}  # how many caches this process has built (tests check that trials do not rebuild)
 
 
@@ -52,11 +54,22 @@ def estimate_bytes(*, n_train: int, n_eval: int, views: int, image_size: int, de
 
 @dataclass
 class FeatureCache:
-    """Cached frozen-backbone outputs per split. Train arrays have shape (N, views, ...), val/test (N, 1, ...)."""
+    """Cached frozen-backbone outputs, and which images serve each split.
 
-    pooled: dict[str, np.ndarray]
-    cut: dict[int, dict[str, np.ndarray]]
-    targets: dict[str, np.ndarray]
+    The arrays cover the images the cache was built for: ``train_*`` hold ``views`` training views of the
+    images in ``train_index >= 0`` (shape (T, K, ...)), ``eval_*`` one evaluation view of the images in
+    ``eval_index >= 0`` (shape (E, 1, ...)). ``splits`` names the split of every image for the run at hand;
+    ``with_splits`` serves another assignment (a cross-validation fold) from the same arrays, without a copy.
+    """
+
+    train_pooled: np.ndarray
+    eval_pooled: np.ndarray
+    train_cut: dict[int, np.ndarray]
+    eval_cut: dict[int, np.ndarray]
+    image_targets: np.ndarray  # (N,) class index of every image
+    train_index: np.ndarray  # (N,) row of each image in the train arrays, -1 when it has no training views
+    eval_index: np.ndarray  # (N,) row in the eval arrays, -1 when it has no evaluation view
+    splits: tuple[str, ...]  # (N,) "train", "val", "test", or anything else for an image this run ignores
     views: int
     image_size: int
     build_seconds: float = 0.0
@@ -64,12 +77,52 @@ class FeatureCache:
 
     @property
     def depths(self) -> tuple[int, ...]:
-        return tuple(sorted(self.cut))
+        return tuple(sorted(self.train_cut))
+
+    @property
+    def cut(self) -> dict[int, dict[str, np.ndarray]]:
+        """Per depth and split, the cut activations (a copy; for inspection and tests)."""
+        return {d: {s: self._gather(d, s) for s in SPLITS} for d in self.depths}
+
+    @property
+    def pooled(self) -> dict[str, np.ndarray]:
+        return {s: self._gather("pooled", s) for s in SPLITS}
+
+    @property
+    def targets(self) -> dict[str, np.ndarray]:
+        return {s: self.image_targets[self.members(s)] for s in SPLITS}
 
     @property
     def nbytes(self) -> int:
-        arrays = [*self.pooled.values(), *(a for per in self.cut.values() for a in per.values())]
+        arrays = [self.train_pooled, self.eval_pooled, *self.train_cut.values(), *self.eval_cut.values()]
         return sum(a.nbytes for a in arrays)
+
+    def members(self, split: str) -> np.ndarray:
+        return np.asarray([i for i, s in enumerate(self.splits) if s == split], dtype=np.int64)
+
+    def rows(self, key: str | int, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(array, row of each image of ``split`` in it): training views for "train", the evaluation view
+        otherwise. ``key``: "pooled" or an unfreeze depth."""
+        train = split == "train"
+        index = (self.train_index if train else self.eval_index)[self.members(split)]
+        if (index < 0).any():
+            kind = "training views" if train else "an evaluation view"
+            raise ValueError(f"{int((index < 0).sum())} image(s) of the {split} split have no {kind} cached")
+        if key == "pooled":
+            array = self.train_pooled if train else self.eval_pooled
+        else:
+            array = (self.train_cut if train else self.eval_cut)[int(key)]
+        return array, index
+
+    def _gather(self, key: str | int, split: str) -> np.ndarray:
+        array, index = self.rows(key, split)
+        return array[index]
+
+    def with_splits(self, splits: Sequence[str]) -> FeatureCache:
+        """The same arrays serving another split assignment (one fold of a cross-validation)."""
+        if len(splits) != len(self.splits):
+            raise ValueError(f"{len(splits)} split names for a cache of {len(self.splits)} images")
+        return dataclasses.replace(self, splits=tuple(splits))
 
 
 def _cut_outputs(
@@ -99,43 +152,50 @@ def build_feature_cache(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     max_bytes: int | None = None,
+    train_on: Sequence[bool] | None = None,
+    evaluate_on: Sequence[bool] | None = None,
 ) -> FeatureCache:
-    """Compute the cache with ``network.backbone`` in eval mode: ``views`` random training views per training
-    image (the training transform), one evaluation view per val/test image."""
+    """Compute the cache with ``network.backbone`` in eval mode: ``views`` random training views (the training
+    transform) of every image with ``train_on`` (default: the "train" split) and one evaluation view of every
+    image with ``evaluate_on`` (default: the other splits). A cross-validation asks for both on every image,
+    so that one cache serves all its folds."""
     import time
 
     depths = sorted({int(d) for d in depths if int(d) in CUT_AFTER})
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
-    n_train = sum(s == "train" for s in splits)
+    n = len(images)
+    if not (len(targets) == len(splits) == n):
+        raise ValueError(f"images, targets, splits differ in length: {n}, {len(targets)}, {len(splits)}")
+    train_on = [s == "train" for s in splits] if train_on is None else [bool(t) for t in train_on]
+    evaluate_on = [s != "train" for s in splits] if evaluate_on is None else [bool(e) for e in evaluate_on]
+    train_idx = [i for i in range(n) if train_on[i]]
+    eval_idx = [i for i in range(n) if evaluate_on[i]]
     need = estimate_bytes(
-        n_train=n_train,
-        n_eval=len(splits) - n_train,
+        n_train=len(train_idx),
+        n_eval=len(eval_idx),
         views=views,
         image_size=preprocessing.image_size,
         depths=depths,
     )
     if max_bytes is not None and need > max_bytes:
         raise CacheTooLarge(
-            f"the feature cache would take {need / 1e9:.2f} GB ({n_train} training images x {views} views, "
-            f"depths {depths}, {preprocessing.image_size} px), over the limit of {max_bytes / 1e9:.2f} GB; "
-            "raise --cache-max-gb, lower --cache-views or the image size, or run with --no-cache"
+            f"the feature cache would take {need / 1e9:.2f} GB ({len(train_idx)} training images x {views} "
+            f"views, {len(eval_idx)} evaluation views, depths {depths}, {preprocessing.image_size} px), over "
+            f"the limit of {max_bytes / 1e9:.2f} GB; raise --cache-max-gb, lower --cache-views or the image "
+            "size, or run with --no-cache"
         )
     started = time.perf_counter()
     backbone = network.backbone.to(device).eval()
     wanted = {CUT_AFTER[d] for d in depths}
     torch.manual_seed(seed)
-    pooled: dict[str, np.ndarray] = {}
-    cut: dict[int, dict[str, np.ndarray]] = {d: {} for d in depths}
-    target_out: dict[str, np.ndarray] = {}
-    for split in ("train", "val", "test"):
-        idx = [i for i, s in enumerate(splits) if s == split]
-        k = views if split == "train" else 1
-        transform = build_transform(preprocessing, train=split == "train")
-        target_out[split] = np.asarray([targets[i] for i in idx], dtype=np.int64)
-        pooled[split] = np.zeros((len(idx), k, POOLED), np.float16)
-        for d in depths:
-            cut[d][split] = np.zeros((len(idx), k, *cut_shape(d, preprocessing.image_size)), np.float16)
+    arrays = {}
+    for kind, idx, k in (("train", train_idx, views), ("eval", eval_idx, 1)):
+        transform = build_transform(preprocessing, train=kind == "train")
+        pooled = np.zeros((len(idx), k, POOLED), np.float16)
+        cut = {
+            d: np.zeros((len(idx), k, *cut_shape(d, preprocessing.image_size)), np.float16) for d in depths
+        }
         jobs = [(row, v, idx[row]) for v in range(k) for row in range(len(idx))]
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
@@ -143,12 +203,29 @@ def build_feature_cache(
             outs, feats = _cut_outputs(backbone, x.contiguous(memory_format=torch.channels_last), wanted)
             rows = [r for r, _, _ in chunk]
             cols = [v for _, v, _ in chunk]
-            pooled[split][rows, cols] = feats.float().cpu().numpy().astype(np.float16)
+            pooled[rows, cols] = feats.float().cpu().numpy().astype(np.float16)
             for d in depths:
-                cut[d][split][rows, cols] = outs[CUT_AFTER[d]].float().cpu().numpy().astype(np.float16)
+                cut[d][rows, cols] = outs[CUT_AFTER[d]].float().cpu().numpy().astype(np.float16)
+        arrays[kind] = (pooled, cut)
     BUILDS["count"] += 1
+
+    def index_of(chosen: list[int]) -> np.ndarray:
+        index = np.full(n, -1, np.int64)
+        index[chosen] = np.arange(len(chosen))
+        return index
+
     return FeatureCache(
-        pooled, cut, target_out, views, preprocessing.image_size, build_seconds=time.perf_counter() - started
+        train_pooled=arrays["train"][0],
+        eval_pooled=arrays["eval"][0],
+        train_cut=arrays["train"][1],
+        eval_cut=arrays["eval"][1],
+        image_targets=np.asarray(targets, dtype=np.int64),
+        train_index=index_of(train_idx),
+        eval_index=index_of(eval_idx),
+        splits=tuple(splits),
+        views=views,
+        image_size=preprocessing.image_size,
+        build_seconds=time.perf_counter() - started,
     )
 
 
@@ -182,15 +259,21 @@ class CachedTail(nn.Module):
 
 
 class CachedViews(Dataset):
-    """(features, label) from an (N, K, ...) float16 array; training draws one of the K views per access."""
+    """(features, label) from rows of an (M, K, ...) float16 array; training draws one of the K views per
+    access. ``rows[i]`` is the row of the i-th image of the split (default: row i)."""
 
-    def __init__(self, features: np.ndarray, targets: np.ndarray, *, train: bool) -> None:
+    def __init__(
+        self, features: np.ndarray, targets: np.ndarray, *, train: bool, rows: np.ndarray | None = None
+    ) -> None:
         self.features = features
         self.targets = torch.as_tensor(targets)
         self.train = train
+        self.rows = np.arange(len(targets)) if rows is None else np.asarray(rows)
+        if len(self.rows) != len(self.targets):
+            raise ValueError(f"{len(self.rows)} rows for {len(self.targets)} labels")
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.rows)
 
     def __getitem__(self, i: int):
         return self.__getitems__([i])
@@ -202,7 +285,7 @@ class CachedViews(Dataset):
         views = (
             torch.randint(k, (len(idx),)).numpy() if self.train and k > 1 else np.zeros(len(idx), np.int64)
         )
-        batch = torch.from_numpy(self.features[idx, views].astype(np.float32))
+        batch = torch.from_numpy(self.features[self.rows[idx], views].astype(np.float32))
         return batch, self.targets[torch.from_numpy(idx)]
 
 
@@ -219,21 +302,26 @@ class CachedDataModule(pl.LightningDataModule):
         self, cache: FeatureCache, *, depth: int, stage2_epoch: int, batch_size: int = 16, seed: int = 0
     ):
         super().__init__()
-        if depth not in cache.cut and stage2_epoch < 10**6:
-            raise ValueError(
-                f"the cache holds depths {cache.depths}, not the requested unfreeze depth {depth}"
-            )
         self.cache, self.depth, self.stage2_epoch = cache, depth, stage2_epoch
         self.batch_size, self.seed = batch_size, seed
 
-    def _features(self, split: str) -> np.ndarray:
+    def _key(self) -> str | int:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        if epoch < self.stage2_epoch or self.depth not in self.cache.cut:
-            return self.cache.pooled[split]
-        return self.cache.cut[self.depth][split]
+        if epoch < self.stage2_epoch:
+            return "pooled"
+        if self.depth not in self.cache.train_cut:
+            raise ValueError(
+                f"stage 2 starts at epoch {epoch} with unfreeze depth {self.depth}, but the cache holds only "
+                f"the cuts for depths {list(self.cache.depths)}"
+            )
+        return self.depth
 
     def _loader(self, split: str) -> DataLoader:
-        ds = CachedViews(self._features(split), self.cache.targets[split], train=split == "train")
+        array, rows = self.cache.rows(self._key(), split)
+        targets = self.cache.image_targets[self.cache.members(split)]
+        if len(rows) == 0:
+            raise ValueError(f"the {split} split is empty; expected at least one image in it")
+        ds = CachedViews(array, targets, train=split == "train", rows=rows)
         gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             ds, batch_size=self.batch_size, shuffle=split == "train", generator=gen, collate_fn=_batch_as_is

@@ -35,9 +35,23 @@ def grouped_split(
     Per class (a group counts for the majority label of its members), groups are shuffled with the seed and
     visited largest first; each goes to the split furthest below its target share of that class's images.
     """
-    fractions = check_fractions(fractions)
+    return assign_groups(labels, groups, names=SPLITS, fractions=check_fractions(fractions), seed=seed)
+
+
+def assign_groups(
+    labels: Sequence[str],
+    groups: Sequence[str],
+    *,
+    names: Sequence[str],
+    fractions: Sequence[float],
+    seed: int = 0,
+) -> list[str]:
+    """The stratified, grouped assignment behind every split here: each image gets one of ``names``, whole
+    groups at a time, each name receiving about its fraction of every class."""
     if len(labels) != len(groups):
         raise ValueError(f"labels and groups differ in length: {len(labels)} and {len(groups)}")
+    if len(names) != len(fractions) or len(names) < 2:
+        raise ValueError(f"need one fraction per name and two names or more, got {names} and {fractions}")
     members: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
@@ -47,19 +61,36 @@ def grouped_split(
     }
     rng = np.random.default_rng(seed)
     assignment = [""] * len(labels)
+    slots = range(len(names))
     for label in sorted(set(group_label.values())):
         mine = sorted(g for g, lab in group_label.items() if lab == label)
         mine = [mine[k] for k in rng.permutation(len(mine))]
         mine.sort(key=lambda g: -len(members[g]))  # stable: the shuffle decides among equal sizes
         total = sum(len(members[g]) for g in mine)
         targets = [f * total for f in fractions]
-        filled = [0.0, 0.0, 0.0]
+        filled = [0.0] * len(names)
         for g in mine:
-            k = max(range(3), key=lambda s: (targets[s] - filled[s], -s))
+            k = max(slots, key=lambda s: (targets[s] - filled[s], -s))
             filled[k] += len(members[g])
             for i in members[g]:
-                assignment[i] = SPLITS[k]
+                assignment[i] = names[k]
     return assignment
+
+
+def grouped_folds(labels: Sequence[str], groups: Sequence[str], *, k: int, seed: int = 0) -> list[int]:
+    """Stratified, grouped K-fold: the fold (0..k-1) of each image; a duplicate group stays in one fold."""
+    if k < 2:
+        raise ValueError(f"cross-validation needs k >= 2 folds, got {k}")
+    distinct = len(set(groups))
+    if distinct < k:
+        raise ValueError(f"{k} folds need at least {k} distinct images (duplicate groups), found {distinct}")
+    names = [str(f) for f in range(k)]
+    return [int(f) for f in assign_groups(labels, groups, names=names, fractions=[1 / k] * k, seed=seed)]
+
+
+def file_groups(n: int) -> list[str]:
+    """One group per file: splitting on these ignores duplicates (the leaky ``--split random`` contrast)."""
+    return [f"file{i}" for i in range(n)]
 
 
 def groups_across_splits(groups: Sequence[str], splits: Sequence[str]) -> int:

@@ -147,3 +147,30 @@ def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, t
     report = json.loads((run / "report.json").read_text())
     cache = report["search"]["cache"]
     assert cache["enabled"] and cache["trials_on_cache"] == 3 and cache["depths"] == [1, 2]
+
+
+def test_a_pooled_only_cache_trains_stage1_and_refuses_a_stage2_it_cannot_serve(data):
+    """The resnet_stage1 space never unfreezes: its cache holds pooled features only, and that is enough."""
+    net = _network()
+    td = data.trial_data()
+    cache = build_feature_cache(net, td.images, td.targets, td.splits, preprocessing=PRE, depths=[], views=2)
+    assert cache.depths == () and cache.nbytes == cache.train_pooled.nbytes + cache.eval_pooled.nbytes
+
+    def fit(stage2_epoch):
+        trainer = pl.Trainer(
+            max_epochs=2,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            reload_dataloaders_every_n_epochs=1,
+            callbacks=[StagedFineTuning(stage2_epoch=stage2_epoch, unfreeze_depth=1, backbone_lr=1e-2)],
+        )
+        dm = CachedDataModule(cache, depth=1, stage2_epoch=stage2_epoch, batch_size=8)
+        trainer.fit(ClassifierModule(network=CachedTail(net, 1), lr=1e-2), datamodule=dm)
+        return trainer
+
+    assert fit(10_000).current_epoch == 2
+    with pytest.raises(ValueError, match=r"holds only the cuts for depths \[\]"):
+        fit(1)

@@ -32,6 +32,8 @@ class SearchSettings:
     data: str | None = None  # None: the built-in phantom set
     positive_class: str | None = None  # two-class sets: None means "yes"
     split_seed: int = 0
+    split: str = "grouped"  # "grouped" (leak-free) or "random" (by file: leaky, for contrast only)
+    cv: int = 0  # K >= 2: nested grouped K-fold cross-validation (a search per fold); 0: one split
     strict: bool = False
     num_samples: int = 8
     max_epochs: int = 8
@@ -72,6 +74,10 @@ def validate(settings: SearchSettings, *, gpus_available: int | None = None) -> 
     s = settings
     if s.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {s.num_samples}")
+    if s.cv == 1 or s.cv < 0:
+        raise ValueError(f"--cv must be 0 (one split) or a number of folds >= 2, got {s.cv}")
+    if s.split not in ("grouped", "random"):
+        raise ValueError(f"--split must be grouped or random, got {s.split!r}")
     if s.max_epochs < 1:
         raise ValueError(f"--max-epochs must be >= 1, got {s.max_epochs}")
     if not 1 <= s.grace_period <= s.max_epochs:
@@ -155,6 +161,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--strict", action="store_true", help="refuse bad image files instead of skipping them")
     add_positive_class_flag(g)
+    g.add_argument(
+        "--split",
+        default=d.split,
+        choices=["grouped", "random"],
+        help="grouped: duplicate groups never straddle splits; random: file by file, LEAKY, only to show how "
+        f"much duplicates inflate a result (default: {d.split})",
+    )
+    g.add_argument(
+        "--cv",
+        type=int,
+        default=d.cv,
+        metavar="K",
+        help="nested K-fold cross-validation: each fold in turn is the test set of a search and refit on the "
+        "other folds; the report pools the K out-of-fold predictions (default: 0, one train/val/test split)",
+    )
     g = p.add_argument_group("model (values the space does not sample)")
     g.add_argument(
         "--weights",
@@ -343,6 +364,8 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> SearchSetti
         data=args.data,
         positive_class=args.positive_class,
         split_seed=args.split_seed,
+        split=args.split,
+        cv=args.cv,
         strict=args.strict,
         num_samples=args.num_samples,
         max_epochs=args.max_epochs,

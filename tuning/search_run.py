@@ -32,7 +32,7 @@ from tuning.search_report import (
     write_trials_csv,
 )
 from tuning.train import run_training
-from tuning.trial import trainable
+from tuning.trial import SharedCache, trainable
 
 EXPERIMENT = "tune"
 
@@ -77,19 +77,43 @@ def _weights_for(spec: dict, s: SearchSettings) -> WeightsState | None:
     model = spec.get("model", s.base.get("model", TrainConfig.model))
     if model != "resnet50" and not isinstance(model, dict):  # a space may also choose the model
         return None
-    return resolve_weights(s.base.get("weights", "imagenet"))
+    state = resolve_weights(s.base.get("weights", "imagenet"))
+    if state.tensors is None:  # random init: drawn once here, so that the cache, every trial and the refit
+        import torch  # start from the same backbone (the cache is computed with it)
+
+        from modules.networks import build_network
+
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(s.seed)
+        backbone = build_network("resnet50", num_classes=2, weights="none").backbone
+        torch.random.set_rng_state(generator_state)
+        state = WeightsState(dict(backbone.state_dict()), f"none (random init, seed {s.seed})")
+    return state
 
 
 def _storage(s: SearchSettings) -> str:
     return s.storage or str((Path(s.run_dir) / "ray").resolve())
 
 
+LEAKY_WARNING = (
+    "--split random: files are split one by one, so duplicates of one scan can sit in train and test. This "
+    "result is LEAKY and inflated; it exists only to show by how much. Publish the grouped result"
+)
+
+
 def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
     run_dir = Path(s.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = resolve_data(
-        s.data, seed=s.split_seed, strict=s.strict, positive_class=s.positive_class, warn=warn
+        s.data,
+        seed=s.split_seed,
+        strict=s.strict,
+        positive_class=s.positive_class,
+        warn=warn,
+        split=s.split,
     )
+    if data.leaky:
+        warn(LEAKY_WARNING)
     saved = run_dir / "search.json"
     if resume:
         previous = json.loads(saved.read_text()).get("data_fingerprint")
@@ -103,16 +127,35 @@ def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
             return json.loads((run_dir / "report.json").read_text())
     else:
         atomic_write_json(saved, {**asdict(s), "data_fingerprint": data.images.fingerprint})
+    spec = get_spec(s.space)
+    weights = _weights_for(spec, s)
+    if s.cv:
+        from tuning.cv import run_cv
+
+        return run_cv(s, data, spec, weights, resume=resume)
     atomic_write_text(run_dir / "split.csv", data.split_csv())
     print(
         f"data: {data.images.source}{' (SYNTHETIC phantom set)' if data.synthetic else ''}: "
         f"{len(data.images.records)} images {data.images.class_counts()}, "
         f"split {', '.join(f'{k} {data.splits.count(k)}' for k in ('train', 'val', 'test'))}"
+        f"{' (LEAKY random split)' if data.leaky else ''}"
     )
-
-    spec = get_spec(s.space)
-    weights = _weights_for(spec, s)
     cache = build_cache(s, spec, data, weights)
+    return search_split(s, data, spec, weights, cache, resume=resume)
+
+
+def search_split(
+    s: SearchSettings,
+    data: PreparedData,
+    spec: dict,
+    weights: WeightsState | None,
+    cache,
+    *,
+    resume: bool,
+    resume_dir: str | None = None,
+    test_outputs: dict | None = None,
+) -> dict | None:
+    """Search on ``data``'s train/val splits, refit the best config, test it once on the test split."""
     start_ray(s)
     started = time.perf_counter()
     handler = signal.getsignal(signal.SIGINT)
@@ -125,10 +168,12 @@ def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
     if unfinished:
         print(
             f"\nsearch interrupted: {unfinished} of {len(grid)} trials unfinished (finished ones are saved). "
-            f"Finish it with:\n  python -m tuning.search --resume {run_dir}"
+            f"Finish it with:\n  python -m tuning.search --resume {resume_dir or s.run_dir}"
         )
         raise KeyboardInterrupt
-    return finish(s, data, grid, weights, search_seconds=search_seconds, cache=cache)
+    return finish(
+        s, data, grid, weights, search_seconds=search_seconds, cache=cache, test_outputs=test_outputs
+    )
 
 
 def _space_values(spec: dict, key: str, default) -> list:
@@ -137,8 +182,18 @@ def _space_values(spec: dict, key: str, default) -> list:
     return list(v["choice"]) if isinstance(v, dict) and "choice" in v else [v]
 
 
-def build_cache(s: SearchSettings, spec: dict, data: PreparedData, weights: WeightsState | None):
-    """The feature cache for a ResNet50 space (once per experiment, on the GPU when there is one), or None."""
+def build_cache(
+    s: SearchSettings,
+    spec: dict,
+    data: PreparedData,
+    weights: WeightsState | None,
+    *,
+    every_image: bool = False,
+):
+    """The feature cache for a ResNet50 space (once per experiment, on the GPU when there is one), or None.
+
+    ``every_image``: training views and the evaluation view of every image (a cross-validation: each image
+    is trained on in some folds and tested in one)."""
     models = _space_values(spec, "model", s.base.get("model", TrainConfig.model))
     if not s.cache or models != ["resnet50"]:
         return None
@@ -169,9 +224,11 @@ def build_cache(s: SearchSettings, spec: dict, data: PreparedData, weights: Weig
         seed=s.seed,
         device=device,
         max_bytes=int(s.cache_max_gb * 1e9),
+        train_on=[True] * len(td.splits) if every_image else None,
+        evaluate_on=[True] * len(td.splits) if every_image else None,
     )
     cache.info["preprocessing"] = base.preprocessing.to_dict()
-    cuts = f", cuts for unfreeze depth {sorted(cache.cut)}" if cache.cut else ""
+    cuts = f", cuts for unfreeze depth {list(cache.depths)}" if cache.depths else ""
     print(
         f"feature cache: {cache.nbytes / 1e6:.1f} MB (float16; {s.cache_views} views per training image; pooled "
         f"features{cuts}), built once in {cache.build_seconds:.1f} s on {device}; shared through Ray's object store"
@@ -208,7 +265,9 @@ def _fit(
     metric, mode = s.rank
     resources = {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
     base = {**s.base, "max_epochs": s.max_epochs, "seed": s.seed}
-    fn = trainable(data.trial_data(), base, weights, resources, cache=cache)
+    # trials get the train and val images only: the test images are not in their data, and masked in the cache
+    shared = SharedCache(_stored(cache), data.splits) if cache is not None else None
+    fn = trainable(data.trial_data(exclude_test=True), base, weights, resources, cache=shared)
     path = os.path.join(_storage(s), EXPERIMENT)
     if resume and tune.Tuner.can_restore(path):
         print(f"resuming the search in {path}: finished trials are kept, unfinished ones start again")
@@ -243,6 +302,17 @@ def _fit(
     return tuner.fit()
 
 
+_STORED: dict[int, tuple[object, object]] = {}
+
+
+def _stored(cache):
+    """The cache's reference in Ray's object store, put there once per cache and driver."""
+    key = id(cache)
+    if key not in _STORED or _STORED[key][0] is not cache:
+        _STORED[key] = (cache, ray.put(cache))
+    return _STORED[key][1]
+
+
 def count_unfinished(grid, s: SearchSettings) -> int:
     """Trials not yet finished after ``fit`` returned: not yet created, or left RUNNING/PENDING/PAUSED by an
     interrupt. Read from Tune's saved experiment state, which is what ``Tuner.restore`` resumes from."""
@@ -256,7 +326,14 @@ def count_unfinished(grid, s: SearchSettings) -> int:
 
 
 def finish(
-    s: SearchSettings, data: PreparedData, grid, weights, *, search_seconds: float, cache=None
+    s: SearchSettings,
+    data: PreparedData,
+    grid,
+    weights,
+    *,
+    search_seconds: float,
+    cache=None,
+    test_outputs: dict | None = None,
 ) -> dict | None:
     """Trials table and curves, the refit of the best config on the same split, the report."""
     run_dir = Path(s.run_dir)
@@ -286,6 +363,8 @@ def finish(
         kind="search",
         progress=False,
         backbone_state=weights,
+        cache=cache,
+        test_outputs=test_outputs,
         extra_report={
             "best_trial": {
                 k: best[k] for k in ("trial_id", "config", "best_value", "best_iteration", "iterations")

@@ -24,6 +24,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from modules.dataset import PreparedData, resolve_data
+from modules.feature_cache import CachedDataModule
 from modules.split import majority_baselines
 from tuning import engine
 from tuning.cli import add_positive_class_flag, output_folder, run_main, warn
@@ -99,8 +100,17 @@ def run_training(
     progress: bool = True,
     extra_report: dict | None = None,
     backbone_state=None,
+    cache=None,
+    test_outputs: dict | None = None,
 ) -> dict:
-    """Train, select the best epoch on validation, test it once, write the run folder; returns the report."""
+    """Train, select the best epoch on validation, test it once, write the run folder; returns the report.
+
+    ``cache``: a ``FeatureCache`` over these images; when it fits ``cfg`` (see ``tuning.trial.cache_fits``),
+    only the part above the frozen layers trains, on the cached outputs, as in the search's trials. The
+    exported checkpoint is the whole network either way. ``test_outputs``: filled with the test outputs
+    (``ClassifierModule.test_outputs``: probabilities and labels in the order of the test images)."""
+    from tuning.trial import cache_fits
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     quiet_lightning()
@@ -110,14 +120,25 @@ def run_training(
 
     trial_data = data.trial_data()
     weights = engine.balanced_weights(trial_data) if cfg.class_weights == "balanced" else None
+    cached = cache is not None and cache_fits(cache, cfg)
     module, weights_desc = engine.build_classifier(
         cfg,
         len(trial_data.classes),
         class_weights=weights,
         backbone_state=backbone_state,
         positive=data.positive,
+        cached_depth=cfg.unfreeze_depth if cached else None,
     )
-    dm = engine.build_datamodule(cfg, trial_data)
+    if cached:
+        dm = CachedDataModule(
+            cache.with_splits(data.splits),
+            depth=cfg.unfreeze_depth,
+            stage2_epoch=cfg.stage2_epoch,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        )
+    else:
+        dm = engine.build_datamodule(cfg, trial_data)
     ckpt_dir = out / "lightning_checkpoints"
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, monitor=cfg.monitor, mode=cfg.monitor_mode, save_top_k=1, filename="best-{epoch}"
@@ -131,6 +152,7 @@ def run_training(
         default_root_dir=out,
         enable_progress_bar=progress,
         enable_checkpointing=True,
+        reload_dataloaders=cached,
     )
     started = time.perf_counter()
     trainer.fit(module, datamodule=dm)
@@ -139,6 +161,8 @@ def run_training(
     best_epoch = _epoch_of(best_path)
     trainer.test(module, datamodule=dm, ckpt_path=best_path or None, verbose=False)
 
+    if test_outputs is not None:
+        test_outputs.update(module.test_outputs)
     outputs = module.test_outputs
     labels = data.images.classes
     baseline = majority_baselines(data.images.labels, data.splits, labels)["test"]["accuracy"]
@@ -174,6 +198,7 @@ def run_training(
         "data": data.data_info(),
         "config": cfg.to_dict(),
         "weights": weights_desc,
+        "trained_on_feature_cache": cached,
         "best_epoch": best_epoch,
         "epochs_trained": trainer.current_epoch,
         "selection": {

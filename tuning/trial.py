@@ -38,6 +38,22 @@ class EpochReport(TuneReportCheckpointCallback):
         return out
 
 
+class SharedCache:
+    """A ``FeatureCache`` put into Ray's object store once, and the split assignment one search reads from it.
+
+    Every search of a cross-validation shares the one stored cache (no copy per fold); images outside the
+    search's train/val splits (its test images) are masked out, so a trial cannot read them."""
+
+    def __init__(self, ref, splits: list[str]) -> None:
+        self.ref = ref
+        self.splits = [s if s in ("train", "val") else "" for s in splits]
+
+    def get(self):
+        import ray
+
+        return ray.get(self.ref).with_splits(self.splits)
+
+
 def train_trial(config: dict, *, data, base: dict, backbone_state, cache=None) -> None:
     """Train ``base`` overridden by Ray's ``config``; report validation metrics to Tune after every epoch.
 
@@ -46,6 +62,8 @@ def train_trial(config: dict, *, data, base: dict, backbone_state, cache=None) -
     from tuning.train import quiet_lightning
 
     quiet_lightning()
+    if isinstance(cache, SharedCache):
+        cache = cache.get()
     cfg = TrainConfig.from_dict({**base, **config})
     engine.apply_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -82,7 +100,7 @@ def cache_fits(cache, cfg: TrainConfig) -> bool:
     """Whether a cached trial computes what the plain one would: same preprocessing, a cut for its depth."""
     if cfg.model != "resnet50" or cache.info.get("preprocessing") != cfg.preprocessing.to_dict():
         return False
-    return cfg.stage2_epoch >= cfg.max_epochs or cfg.unfreeze_depth in cache.cut
+    return cfg.stage2_epoch >= cfg.max_epochs or cfg.unfreeze_depth in cache.train_cut
 
 
 def trainable(data, base: dict, backbone_state, resources: dict, cache=None):
