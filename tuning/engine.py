@@ -53,6 +53,9 @@ class TrainConfig:
     image_size: int = 224
     resize: int = 256
     rotation: float = 10.0
+    crop: str = "none"  # "none" or "brain" (cut to the head's bounding box before resizing)
+    intensity: float = 0.0  # training brightness/contrast jitter, factor within 1 +- intensity
+    scale: float = 0.0  # training zoom jitter, factor within 1 +- scale
     seed: int = 0
     precision: str = "auto"  # "auto" (bf16-mixed on GPU, 32-true on CPU), "32-true", "bf16-mixed"
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
@@ -111,7 +114,14 @@ class TrainConfig:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(image_size=self.image_size, resize=self.resize, rotation=self.rotation)
+        return Preprocessing(
+            image_size=self.image_size,
+            resize=self.resize,
+            rotation=self.rotation,
+            crop=self.crop,
+            intensity=self.intensity,
+            scale=self.scale,
+        )
 
     @property
     def monitor_mode(self) -> str:

@@ -250,6 +250,9 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         "resize": "side in px the image is resized to before cropping",
         "rotation": "maximum random rotation in degrees (training only)",
         "patience": "early stopping: epochs without improvement",
+        "crop": "none, or brain: cut each scan to the head's bounding box before resizing",
+        "intensity": "training brightness/contrast jitter: factors within 1 +- this",
+        "scale": "training zoom jitter: factors within 1 +- this",
     }
     for f in fields(TrainConfig):
         default = getattr(defaults, f.name)
