@@ -171,3 +171,8 @@ def test_cv_search_end_to_end_then_resume_keeps_finished_folds(ray_local, search
 def test_cv_flags_are_checked_before_ray(tmp_path, capsys):
     assert _run(["--cv", "1", "--out", str(tmp_path / "x")]) == 2
     assert "--cv must be 0 (one split) or a number of folds >= 2, got 1" in capsys.readouterr().err
+
+
+def test_an_ensemble_larger_than_the_search_is_refused(tmp_path, capsys):
+    assert _run(["--num-samples", "2", "--ensemble", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "--ensemble must be within 1..--num-samples (2), got 3" in capsys.readouterr().err

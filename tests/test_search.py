@@ -78,12 +78,19 @@ def test_resnet_stage2_search_end_to_end(ray_local, search_phantom, tmp_path):
         "4",
         "--grace-period",
         "4",
+        "--ensemble",
+        "2",
         "--out",
         str(run),
         *TINY,
     ]
     assert _run(args) == 0
     report = _check_run_folder(run)
+    # the two trials refit, the test scores their mean probability; the best one alone is kept beside it
+    assert report["ensemble"]["size"] == 2 and len(report["ensemble"]["members"]) == 2
+    assert report["metrics"]["test_single"]["n"] == report["metrics"]["test"]["n"]
+    assert (run / "ensemble" / "member-2" / "model.pt").is_file()
+    assert "Ensemble of the 2 best trials" in (run / "report.md").read_text()
     assert report["config"]["model"] == "resnet50"
     assert report["best_trial"]["config"]["unfreeze_depth"] in (1, 2)
     assert report["search"]["space"] == "resnet_stage2"

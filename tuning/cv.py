@@ -287,6 +287,7 @@ def cv_report(s: SearchSettings, data: PreparedData, folds: list[dict], *, secon
         "data": data.data_info(),
         "cv": {
             "k": s.cv,
+            "ensemble": s.ensemble,
             "fold_seed": data.seed,
             "inner_split": "train/val of the other folds in the ratio of the split fractions, grouped, "
             "seed split_seed + fold",
@@ -401,7 +402,12 @@ def cv_markdown(report: dict) -> str:
         f"Protocol: {cv['k']}-fold nested cross-validation, folds {folds_by}, stratified, seed {cv['fold_seed']}. "
         f"For each fold a search ({s.get('num_samples')} samples, ASHA over at most "
         f"{s.get('scheduler', {}).get('max_t')} epochs on {s.get('metric')}) ran on the other folds (split into "
-        "train/val), its best config was refit there and predicted the held-out fold once.",
+        "train/val), its best config was refit there and predicted the held-out fold once"
+        + (
+            f" (as the mean class probabilities of its {cv['ensemble']} best configs, each refit)."
+            if cv.get("ensemble", 1) > 1
+            else "."
+        ),
         "",
         "| metric | pooled out-of-fold (95% CI) | per-fold mean ± sd |",
         "|---|---|---|",

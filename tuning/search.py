@@ -33,6 +33,7 @@ class SearchSettings:
     positive_class: str | None = None  # two-class sets: None means "yes"
     split_seed: int = 0
     split: str = "grouped"  # "grouped" (leak-free) or "random" (by file: leaky, for contrast only)
+    ensemble: int = 1  # refit the N best trials and average their class probabilities
     cv: int = 0  # K >= 2: nested grouped K-fold cross-validation (a search per fold); 0: one split
     strict: bool = False
     num_samples: int = 8
@@ -74,6 +75,8 @@ def validate(settings: SearchSettings, *, gpus_available: int | None = None) -> 
     s = settings
     if s.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {s.num_samples}")
+    if not 1 <= s.ensemble <= s.num_samples:
+        raise ValueError(f"--ensemble must be within 1..--num-samples ({s.num_samples}), got {s.ensemble}")
     if s.cv == 1 or s.cv < 0:
         raise ValueError(f"--cv must be 0 (one split) or a number of folds >= 2, got {s.cv}")
     if s.split not in ("grouped", "random"):
@@ -254,6 +257,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"retries of a failing trial (default: {d.max_failures})",
     )
     g.add_argument(
+        "--ensemble",
+        type=int,
+        default=d.ensemble,
+        metavar="N",
+        help="refit the N best trials and test the mean of their class probabilities (default: 1, the best "
+        "trial alone)",
+    )
+    g.add_argument(
         "--allow-early-rung", action="store_true", help="only warn when ASHA's first rung precedes stage 2"
     )
     g = p.add_argument_group("speed")
@@ -366,6 +377,7 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> SearchSetti
         split_seed=args.split_seed,
         split=args.split,
         cv=args.cv,
+        ensemble=args.ensemble,
         strict=args.strict,
         num_samples=args.num_samples,
         max_epochs=args.max_epochs,

@@ -169,6 +169,19 @@ def _confusion_line(m: dict) -> str:
     )
 
 
+def _ensemble_lines(report: dict) -> list[str]:
+    e = report.get("ensemble")
+    if not e:
+        return []
+    single = report["metrics"]["test_single"]
+    ids = ", ".join(f"`{m['trial_id']}`" for m in e["members"])
+    return [
+        f"Ensemble of the {e['size']} best trials ({ids}): {e['method']}. The best trial alone: accuracy "
+        f"{fmt_ci(single['accuracy'], single['accuracy_ci95'])}.",
+        "",
+    ]
+
+
 def render_markdown(report: dict, trials: list[dict]) -> str:
     m = report["metrics"]["test"]
     s = report["search"]
@@ -184,6 +197,7 @@ def render_markdown(report: dict, trials: list[dict]) -> str:
         "",
         "## Test result (refit of the best config, test split used once)",
         "",
+        *_ensemble_lines(report),
         "| metric | value (95% CI) |",
         "|---|---|",
         f"| accuracy | {fmt_ci(m['accuracy'], m['accuracy_ci95'])} (n={m['n']}) |",

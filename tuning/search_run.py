@@ -345,16 +345,15 @@ def finish(
     if not ok:
         warn(f"every trial failed; see {run_dir / 'trials.csv'} for the errors")
         return None
-    best = (min if mode == "min" else max)(ok, key=lambda t: t["best_value"])
-    best_cfg = TrainConfig.from_dict(
-        # threads 0: the refit runs alone in the driver and may use every core (trials got --cpus-per-trial)
-        {**s.base, **best["config"], "seed": s.seed, "max_epochs": best["best_iteration"], "threads": 0}
-    )
+    ranked = sorted(ok, key=lambda t: t["best_value"], reverse=mode == "max")
+    best = ranked[0]
+    best_cfg = _refit_config(s, best)
     print(
         f"\nbest trial {best['trial_id']}: {metric} {best['best_value']:.4f} at epoch {best['best_iteration']}; "
         f"refitting it for {best_cfg.max_epochs} epochs on the same split, then testing once"
     )
     started = time.perf_counter()
+    outputs: dict = {}
     report = run_training(
         best_cfg,
         data,
@@ -364,7 +363,7 @@ def finish(
         progress=False,
         backbone_state=weights,
         cache=cache,
-        test_outputs=test_outputs,
+        test_outputs=outputs,
         extra_report={
             "best_trial": {
                 k: best[k] for k in ("trial_id", "config", "best_value", "best_iteration", "iterations")
@@ -380,6 +379,10 @@ def finish(
             },
         },
     )
+    if s.ensemble > 1:
+        _refit_ensemble(s, data, ranked[: s.ensemble], weights, cache, report, outputs)
+    if test_outputs is not None:
+        test_outputs.update(outputs)
     report["time_s"]["refit"] = round(time.perf_counter() - started, 2)
     report["time_s"]["search"] = round(search_seconds, 2)
     report["artifacts"]["plots"] = [curves.name, *report["artifacts"]["plots"]]
@@ -388,6 +391,66 @@ def finish(
     atomic_write_text(run_dir / "report.md", render_markdown(report, trials))
     print(summary_table(report, run_dir))
     return report
+
+
+def _refit_config(s: SearchSettings, trial: dict) -> TrainConfig:
+    # threads 0: the refit runs alone in the driver and may use every core (trials got --cpus-per-trial)
+    return TrainConfig.from_dict(
+        {**s.base, **trial["config"], "seed": s.seed, "max_epochs": trial["best_iteration"], "threads": 0}
+    )
+
+
+def _refit_ensemble(
+    s: SearchSettings, data: PreparedData, members: list[dict], weights, cache, report: dict, outputs: dict
+) -> None:
+    """Refit the other top trials too (``--ensemble N``); the test metrics become those of the mean of the
+    members' class probabilities. The single best model's metrics stay under ``metrics.test_single``; each
+    member's run folder (with its model.pt) is ``ensemble/member-<rank>/``."""
+    import torch
+
+    from tuning.report import classification_metrics
+
+    probs = [outputs["probs_all"]]
+    for rank, trial in enumerate(members[1:], start=2):
+        print(
+            f"ensemble member {rank} of {len(members)}: trial {trial['trial_id']}, {trial['best_iteration']} epochs"
+        )
+        out: dict = {}
+        run_training(
+            _refit_config(s, trial),
+            data,
+            Path(s.run_dir) / "ensemble" / f"member-{rank}",
+            command=s.command,
+            kind="ensemble-member",
+            progress=False,
+            backbone_state=weights,
+            cache=cache,
+            test_outputs=out,
+        )
+        if not torch.equal(out["labels"], outputs["labels"]):
+            raise RuntimeError("ensemble members were tested on different images")
+        probs.append(out["probs_all"])
+    mean = torch.stack(probs).mean(dim=0)
+    single = report["metrics"]["test"]
+    report["metrics"]["test_single"] = single
+    report["metrics"]["test"] = classification_metrics(
+        mean.numpy(),
+        outputs["labels"].numpy(),
+        list(data.images.classes),
+        positive=data.positive,
+        majority_baseline=single["majority_baseline"],
+        seed=s.seed,
+    )
+    report["ensemble"] = {
+        "size": len(members),
+        "method": "mean of the members' class probabilities",
+        "members": [
+            {"trial_id": t["trial_id"], "config": t["config"], "epochs": t["best_iteration"]} for t in members
+        ],
+    }
+    outputs["probs_all"] = mean
+    if data.positive is not None:
+        outputs["probs"] = mean[:, data.positive]
 
 
 def _search_block(s: SearchSettings, trials: list[dict], seconds: float, *, images_per_epoch: int) -> dict:
