@@ -33,6 +33,7 @@ STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16}
 POOLED = 2048
 BYTES = 2  # float16
 SPLITS = ("train", "val", "test")
+CACHE_PRECISIONS = ("32", "bf16")
 BUILDS = {"count": 0}  # how many caches this process has built (tests check that trials do not rebuild)
 
 
@@ -154,11 +155,16 @@ def build_feature_cache(
     max_bytes: int | None = None,
     train_on: Sequence[bool] | None = None,
     evaluate_on: Sequence[bool] | None = None,
+    precision: str = "32",
 ) -> FeatureCache:
     """Compute the cache with ``network.backbone`` in eval mode: ``views`` random training views (the training
     transform) of every image with ``train_on`` (default: the "train" split) and one evaluation view of every
     image with ``evaluate_on`` (default: the other splits). A cross-validation asks for both on every image,
-    so that one cache serves all its folds."""
+    so that one cache serves all its folds. ``precision``: "32" computes in float32; "bf16" under bfloat16
+    autocast (about twice as fast on a CPU with bf16 support and on GPUs; values within bf16 rounding of the
+    float32 ones, which the float16 storage rounds again anyway)."""
+    if precision not in CACHE_PRECISIONS:
+        raise ValueError(f"cache precision must be one of {', '.join(CACHE_PRECISIONS)}, got {precision!r}")
     import time
 
     depths = sorted({int(d) for d in depths if int(d) in CUT_AFTER})
@@ -200,7 +206,8 @@ def build_feature_cache(
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
             x = torch.stack([transform(to_tensor(images[i])) for _, _, i in chunk]).to(device)
-            outs, feats = _cut_outputs(backbone, x.contiguous(memory_format=torch.channels_last), wanted)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                outs, feats = _cut_outputs(backbone, x.contiguous(memory_format=torch.channels_last), wanted)
             rows = [r for r, _, _ in chunk]
             cols = [v for _, v, _ in chunk]
             pooled[rows, cols] = feats.float().cpu().numpy().astype(np.float16)
@@ -226,6 +233,7 @@ def build_feature_cache(
         views=views,
         image_size=preprocessing.image_size,
         build_seconds=time.perf_counter() - started,
+        info={"precision": precision},
     )
 
 

@@ -55,6 +55,7 @@ class SearchSettings:
     cache: bool = True  # share the frozen backbone's outputs between trials (resnet50 spaces)
     cache_views: int = 4  # augmented views per training image in the cache
     cache_max_gb: float = 4.0
+    cache_precision: str = "bf16"  # the cache build's arithmetic: "bf16" autocast (2x faster) or "32"
     run_dir: str = ""
     base: dict = field(default_factory=dict)  # TrainConfig values the space does not sample
     command: str = ""
@@ -97,6 +98,8 @@ def validate(settings: SearchSettings, *, gpus_available: int | None = None) -> 
         raise ValueError(
             f"--max-concurrent and --max-failures must be >= 0, got {s.max_concurrent}, {s.max_failures}"
         )
+    if s.cache_precision not in ("32", "bf16"):
+        raise ValueError(f"--cache-precision must be 32 or bf16, got {s.cache_precision!r}")
     if s.cache_views < 1 or s.cache_max_gb <= 0:
         raise ValueError(
             f"need --cache-views >= 1 and --cache-max-gb > 0, got {s.cache_views}, {s.cache_max_gb}"
@@ -285,6 +288,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=d.cache_max_gb,
         help=f"refuse a feature cache larger than this, in GB (default: {d.cache_max_gb})",
     )
+    g.add_argument(
+        "--cache-precision",
+        default=d.cache_precision,
+        choices=["bf16", "32"],
+        help="arithmetic of the frozen backbone when the cache is built: bf16 autocast (about 2x faster on CPUs "
+        f"with bf16 support and GPUs) or 32 (float32) (default: {d.cache_precision})",
+    )
     g = p.add_argument_group("resources and cluster")
     g.add_argument(
         "--cpus-per-trial",
@@ -398,6 +408,7 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> SearchSetti
         cache=not args.no_cache,
         cache_views=args.cache_views,
         cache_max_gb=args.cache_max_gb,
+        cache_precision=args.cache_precision,
         run_dir=str(Path(args.out or Path("results") / f"{space_name}-{stamp}")),
         base=base,
         command="python -m tuning.search " + shlex.join(argv),

@@ -224,13 +224,14 @@ def build_cache(
         seed=s.seed,
         device=device,
         max_bytes=int(s.cache_max_gb * 1e9),
+        precision=s.cache_precision,
         train_on=[True] * len(td.splits) if every_image else None,
         evaluate_on=[True] * len(td.splits) if every_image else None,
     )
     cache.info["preprocessing"] = base.preprocessing.to_dict()
     cuts = f", cuts for unfreeze depth {list(cache.depths)}" if cache.depths else ""
     print(
-        f"feature cache: {cache.nbytes / 1e6:.1f} MB (float16; {s.cache_views} views per training image; pooled "
+        f"feature cache: {cache.nbytes / 1e6:.1f} MB (float16, computed in {s.cache_precision}; {s.cache_views} views per training image; pooled "
         f"features{cuts}), built once in {cache.build_seconds:.1f} s on {device}; shared through Ray's object store"
     )
     return cache
@@ -245,6 +246,7 @@ def _cache_block(s: SearchSettings, cache, trials: list[dict]) -> dict:
         "depths": list(cache.depths),
         "megabytes": round(cache.nbytes / 1e6, 1),
         "build_s": round(cache.build_seconds, 2),
+        "precision": cache.info.get("precision"),
         "trials_on_cache": sum(bool(t.get("cached")) for t in trials),
     }
 
