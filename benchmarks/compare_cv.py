@@ -1,0 +1,111 @@
+"""Compare two cross-validated runs on the same images: the paired difference, with a group bootstrap.
+
+    python -m benchmarks.compare_cv results/brain_mri/resnet_stage1 results/brain_mri/levers/stage1-crop
+
+Both runs must have scored the same images (``predictions.csv`` of ``--cv`` runs). The difference B - A of
+each headline metric is computed on the same resamples of whole duplicate groups (2000, seeded), so the
+interval reflects how much the change helps on this data, beyond the luck of which groups were drawn. An
+interval that contains 0 means the change is not distinguishable from run-to-run spread on this set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tuning.cv import BINARY_SCORES, MULTI_SCORES, scores
+
+
+def _load(run: Path) -> tuple[dict, dict[str, dict]]:
+    report = json.loads((run / "report.json").read_text())
+    if report.get("kind") != "cv":
+        raise ValueError(
+            f"{run}: not a cross-validated run (report kind {report.get('kind')!r}); expected --cv"
+        )
+    with open(run / "predictions.csv", newline="") as fh:
+        rows = {r["path"]: r for r in csv.DictReader(fh)}
+    return report, rows
+
+
+def compare(a: Path, b: Path, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    rep_a, rows_a = _load(a)
+    rep_b, rows_b = _load(b)
+    if set(rows_a) != set(rows_b):
+        raise ValueError(f"{a} and {b} scored different images ({len(rows_a)} vs {len(rows_b)})")
+    if rep_a["data"]["fingerprint"] != rep_b["data"]["fingerprint"]:
+        raise ValueError(f"{a} and {b} come from different data (fingerprints differ)")
+    classes = list(rep_a["data"]["classes"])
+    positive_name = rep_a["data"].get("positive_class")
+    positive = classes.index(positive_name) if positive_name else None
+    keys = BINARY_SCORES if positive is not None else MULTI_SCORES
+    paths = sorted(rows_a)
+    y = np.asarray([int(rows_a[p]["target"]) for p in paths])
+    pa = np.asarray([[float(rows_a[p][f"prob_{c}"]) for c in classes] for p in paths])
+    pb = np.asarray([[float(rows_b[p][f"prob_{c}"]) for c in classes] for p in paths])
+    members: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        members.setdefault(rows_a[p]["group"], []).append(i)
+    blocks = [np.asarray(v) for _, v in sorted(members.items())]
+    rng = np.random.default_rng(seed)
+    diffs: dict[str, list[float]] = {k: [] for k in keys}
+    for _ in range(n_boot):
+        idx = np.concatenate([blocks[j] for j in rng.integers(0, len(blocks), len(blocks))])
+        sa, sb = scores(pa[idx], y[idx], positive), scores(pb[idx], y[idx], positive)
+        for k in keys:
+            if not (math.isnan(sa[k]) or math.isnan(sb[k])):
+                diffs[k].append(sb[k] - sa[k])
+    point_a, point_b = scores(pa, y, positive), scores(pb, y, positive)
+    return {
+        "a": str(a),
+        "b": str(b),
+        "n": len(paths),
+        "groups": len(blocks),
+        "metrics": {
+            k: {
+                "a": point_a[k],
+                "b": point_b[k],
+                "difference": point_b[k] - point_a[k],
+                "difference_ci95": [
+                    float(np.percentile(diffs[k], 2.5)),
+                    float(np.percentile(diffs[k], 97.5)),
+                ],
+            }
+            for k in keys
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.compare_cv",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("a", type=Path, help="the reference run folder (a --cv run)")
+    p.add_argument("b", type=Path, help="the changed run folder (a --cv run on the same data)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = p.parse_args(argv)
+    result = compare(args.a, args.b)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"A = {result['a']}\nB = {result['b']}\n{result['n']} images in {result['groups']} duplicate groups\n"
+    )
+    print(f"{'metric':<14}{'A':>9}{'B':>9}{'B - A':>9}   95% CI of B - A (group bootstrap, paired)")
+    for k, m in result["metrics"].items():
+        lo, hi = m["difference_ci95"]
+        print(f"{k:<14}{m['a']:>9.3f}{m['b']:>9.3f}{m['difference']:>+9.3f}   [{lo:+.3f}, {hi:+.3f}]")
+    return 0
+
+
+if __name__ == "__main__":
+    from tuning.cli import run_main
+
+    sys.exit(run_main(main))
