@@ -126,12 +126,17 @@ def test_cached_stage2_training_changes_only_the_tail(data):
 
 
 def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, tmp_path):
+    """Also with preprocessing constants in the space (the cache is computed with them, so it serves)."""
+    from search_spaces import get_spec
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({**get_spec("resnet_stage2"), "crop": "brain", "intensity": 0.1}))
     root = data.images.source
     before = BUILDS["count"]
     run = tmp_path / "run"
     args = [
         "--space",
-        "resnet_stage2",
+        str(space),
         "--data",
         root,
         "--weights",
@@ -159,6 +164,7 @@ def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, t
     report = json.loads((run / "report.json").read_text())
     cache = report["search"]["cache"]
     assert cache["enabled"] and cache["trials_on_cache"] == 3 and cache["depths"] == [1, 2]
+    assert report["config"]["crop"] == "brain" and report["trained_on_feature_cache"] is True
 
 
 def test_a_pooled_only_cache_trains_stage1_and_refuses_a_stage2_it_cannot_serve(data):

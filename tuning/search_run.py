@@ -202,7 +202,9 @@ def build_cache(
     from modules.feature_cache import build_feature_cache
     from modules.networks import build_network, load_backbone_state
 
-    base = TrainConfig.from_dict({**s.base, "max_epochs": s.max_epochs})
+    # the space's constants (e.g. crop, jitter) are part of every trial's preprocessing: the cache must match
+    constants = {k: v for k, v in spec.items() if not (isinstance(v, dict) and len(v) == 1)}
+    base = TrainConfig.from_dict({**s.base, **constants, "max_epochs": s.max_epochs})
     starts = _space_values(spec, "stage2_epoch", base.stage2_epoch)
     unfreezes = any(
         not isinstance(v, int) or v < s.max_epochs for v in starts
