@@ -1,6 +1,7 @@
 """Compare two cross-validated runs on the same images: the paired difference, with a group bootstrap.
 
     python -m benchmarks.compare_cv results/brain_mri/resnet_stage1 results/brain_mri/levers/stage1-crop
+    python -m benchmarks.compare_cv --markdown REFERENCE RUN [RUN ...]   # a table, one row per run
 
 Both runs must have scored the same images (``predictions.csv`` of ``--cv`` runs). The difference B - A of
 each headline metric is computed on the same resamples of whole duplicate groups (2000, seeded), so the
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tuning.cv import BINARY_SCORES, MULTI_SCORES, scores
+from tuning.report import fmt_ci
 
 
 def _load(run: Path) -> tuple[dict, dict[str, dict]]:
@@ -81,6 +83,38 @@ def compare(a: Path, b: Path, *, n_boot: int = 2000, seed: int = 0) -> dict:
     }
 
 
+def table(reference: Path, runs: list[Path]) -> str:
+    """Markdown: each run's pooled accuracy and AUC with intervals, its paired difference from ``reference``
+    with the group-bootstrap interval, and its command."""
+    lines = [
+        "| run | accuracy (95% CI) | ROC AUC (95% CI) | accuracy - ref. (95% CI) | AUC - ref. (95% CI) | command |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in [reference, *runs]:
+        m = json.loads((run / "report.json").read_text())
+        pooled = m["metrics"]["pooled"]
+        auc_key = "auroc" if pooled.get("auroc") is not None else "auroc_macro"
+        if run == reference:
+            diff_acc = diff_auc = "(reference)"
+        else:
+            d = compare(reference, run)["metrics"]
+            diff_acc = _diff(d["accuracy"], pct=True)
+            diff_auc = _diff(d[auc_key], pct=False)
+        lines.append(
+            f"| `{run.name}` | {fmt_ci(pooled['accuracy'], pooled['accuracy_ci95'])} | "
+            f"{fmt_ci(pooled[auc_key], pooled[f'{auc_key}_ci95'], pct=False)} | {diff_acc} | {diff_auc} | "
+            f"`{m['command']}` |"
+        )
+    return "\n".join(lines)
+
+
+def _diff(m: dict, *, pct: bool) -> str:
+    lo, hi = m["difference_ci95"]
+    if pct:
+        return f"{100 * m['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return f"{m['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.compare_cv",
@@ -88,10 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("a", type=Path, help="the reference run folder (a --cv run)")
-    p.add_argument("b", type=Path, help="the changed run folder (a --cv run on the same data)")
+    p.add_argument("b", type=Path, nargs="+", help="the changed run folder(s) (--cv runs on the same data)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--markdown", action="store_true", help="one markdown row per run, with its command")
     args = p.parse_args(argv)
-    result = compare(args.a, args.b)
+    if args.markdown:
+        print(table(args.a, args.b))
+        return 0
+    if len(args.b) != 1:
+        raise ValueError(f"compare one run with the reference, or use --markdown for {len(args.b)} runs")
+    result = compare(args.a, args.b[0])
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -109,3 +109,18 @@ def test_asha_stops_the_worse_trials_at_the_first_rung():
         sched.on_trial_result(None, trials[3], {"training_iteration": 4, "val_loss": 0.1})
         == TrialScheduler.STOP
     )
+
+
+def test_set_replaces_a_constant_of_the_space_but_never_a_sampled_entry(capsys):
+    from tuning.search import effective_spec, get_args_parser, settings_from_args, validate
+
+    def settings(*extra):
+        argv = ["--space", "resnet_stage2", *extra]
+        return settings_from_args(get_args_parser().parse_args(argv), argv)
+
+    assert effective_spec(settings())["crop"] == "brain"  # the space's default
+    s = settings("--set", "crop=none", "--set", "lr=0.1")
+    spec = validate(s)
+    assert "crop" not in spec and s.base["crop"] == "none"  # --set wins over a constant
+    assert spec["lr"] == {"loguniform": [3e-4, 3e-3]}  # a sampled entry stays sampled
+    assert "the space samples ['lr']; the command-line values for them are ignored" in capsys.readouterr().err

@@ -58,6 +58,7 @@ class SearchSettings:
     cache_precision: str = "bf16"  # the cache build's arithmetic: "bf16" autocast (2x faster) or "32"
     run_dir: str = ""
     base: dict = field(default_factory=dict)  # TrainConfig values the space does not sample
+    overrides: list = field(default_factory=list)  # keys given with --set: they replace a space's constants
     command: str = ""
 
     @property
@@ -111,8 +112,8 @@ def validate(settings: SearchSettings, *, gpus_available: int | None = None) -> 
             f"--gpus-per-trial {s.gpus_per_trial} but this machine has {gpus_available} GPU(s); "
             "lower it, or join a cluster with GPUs through --address"
         )
-    spec = get_spec(s.space)
-    validate_spec(spec, FIELD_TYPES)
+    validate_spec(get_spec(s.space), FIELD_TYPES)
+    spec = effective_spec(s)
     clash = sorted(set(spec) & set(s.base) - {"model"})
     if clash:
         warn(f"the space samples {clash}; the command-line values for them are ignored")
@@ -125,6 +126,17 @@ def validate(settings: SearchSettings, *, gpus_available: int | None = None) -> 
         except ValueError as exc:
             raise SpaceError(f"space {s.space!r} at its {corner} bounds: {exc}") from None
     _check_first_rung(spec, s)
+    return spec
+
+
+def effective_spec(s: SearchSettings) -> dict:
+    """The space as this search runs it: its constants that ``--set`` names are replaced by the --set value
+    (they leave the space and stay in ``base``); sampled entries always come from the space."""
+    spec = get_spec(s.space)
+    for key in s.overrides:
+        value = spec.get(key)
+        if key in spec and not (isinstance(value, dict) and len(value) == 1):
+            del spec[key]
     return spec
 
 
@@ -215,7 +227,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other fixed hyperparameter, e.g. --set patience=3 (repeatable)",
+        help="any other fixed hyperparameter, e.g. --set patience=3 (repeatable); it also replaces a constant "
+        "of the space (e.g. --set crop=none with resnet_stage2), never a sampled entry",
     )
     g = p.add_argument_group("tuning")
     g.add_argument(
@@ -378,6 +391,7 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> SearchSetti
         "threads": max(1, int(args.cpus_per_trial)),
         **_parse_set(args.set),
     }
+    overrides = sorted(_parse_set(args.set))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     space_name = Path(args.space).stem if args.space.endswith(".json") else args.space
     return SearchSettings(
@@ -411,6 +425,7 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> SearchSetti
         cache_precision=args.cache_precision,
         run_dir=str(Path(args.out or Path("results") / f"{space_name}-{stamp}")),
         base=base,
+        overrides=overrides,
         command="python -m tuning.search " + shlex.join(argv),
     )
 

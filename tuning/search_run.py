@@ -19,11 +19,11 @@ from ray.tune.search import BasicVariantGenerator
 
 from modules.dataset import PreparedData, resolve_data
 from modules.networks import WeightsState, resolve_weights
-from search_spaces import get_spec, to_tune
+from search_spaces import to_tune
 from tuning.cli import warn
 from tuning.engine import TrainConfig
 from tuning.files import atomic_write_json, atomic_write_text
-from tuning.search import LOCALHOSTS, SearchSettings
+from tuning.search import LOCALHOSTS, SearchSettings, effective_spec
 from tuning.search_report import (
     collect_trials,
     plot_trial_curves,
@@ -127,7 +127,7 @@ def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
             return json.loads((run_dir / "report.json").read_text())
     else:
         atomic_write_json(saved, {**asdict(s), "data_fingerprint": data.images.fingerprint})
-    spec = get_spec(s.space)
+    spec = effective_spec(s)
     weights = _weights_for(spec, s)
     if s.cv:
         from tuning.cv import run_cv
@@ -462,7 +462,7 @@ def _search_block(s: SearchSettings, trials: list[dict], seconds: float, *, imag
     rates = sorted(images_per_epoch * t["iterations"] / t["time_s"] for t in trials if t["time_s"] > 0)
     return {
         "space": s.space,
-        "space_spec": get_spec(s.space),
+        "space_spec": effective_spec(s),
         "scheduler": {
             "name": "ASHA",
             "time_attr": "training_iteration (epochs)",
