@@ -221,8 +221,6 @@ def group_bootstrap(
 
 
 def cv_report(s: SearchSettings, data: PreparedData, folds: list[dict], *, seconds: float, cache) -> dict:
-    from tuning.search_run import _cache_block
-
     classes = list(data.images.classes)
     positive = data.positive
     keys = BINARY_SCORES if positive is not None else MULTI_SCORES
@@ -294,7 +292,7 @@ def cv_report(s: SearchSettings, data: PreparedData, folds: list[dict], *, secon
             "folds": per_fold,
         },
         "metrics": {"pooled": pooled, "per_fold": spread},
-        "search": {**search, "cache": _cache_block(s, cache, [])},
+        "search": {**search, "cache": _cv_cache_block(s, cache, folds)},
         "time_s": {
             "total": round(seconds, 1),
             "search": round(sum(p["search_s"] or 0 for p in per_fold), 1),
@@ -308,6 +306,17 @@ def cv_report(s: SearchSettings, data: PreparedData, folds: list[dict], *, secon
             "folds": [f["dir"].name for f in folds],
         },
     }
+
+
+def _cv_cache_block(s: SearchSettings, cache, folds: list[dict]) -> dict:
+    from tuning.search_run import _cache_block
+
+    block = _cache_block(s, cache, [])
+    if block.get("enabled"):  # the trials that trained on the cache, over every fold's search
+        block["trials_on_cache"] = sum(
+            f["report"]["search"].get("cache", {}).get("trials_on_cache", 0) for f in folds
+        )
+    return block
 
 
 def write_cv_outputs(report: dict, folds: list[dict], run_dir: Path) -> None:
