@@ -28,6 +28,7 @@ def row(run: Path) -> str:
     if report["cv"].get("ensemble", 1) > 1:
         protocol += f", ensemble of {report['cv']['ensemble']}"
     cells = [
+        f"`{run.name}`",
         f"`{space}`",
         protocol,
         fmt_ci(m["accuracy"], m["accuracy_ci95"]),
@@ -49,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", type=Path, help="folders of --cv runs")
     args = p.parse_args(argv)
     print(
-        "| space | protocol | accuracy (95% CI) | majority | ROC AUC (95% CI) | sensitivity | specificity | report |"
+        "| run | space | protocol | accuracy (95% CI) | majority | ROC AUC (95% CI) | sensitivity | specificity | report |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for run in args.runs:
         print(row(run))
     print()
