@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow lint format clean-venv
+.PHONY: demo demo-3class test test-slow lint format clean-venv
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ DEMO_ARGS ?= --weights none --image-size 64 --num-samples 4 --max-epochs 6 --gra
 demo: $(STAMP)
 	$(PY) -m tuning.data
 	$(PY) -m tuning.search --space resnet_stage2 $(DEMO_ARGS)
+
+# The same on a three-class phantom set (no mass, a round mass, an irregular mass): N-class reports.
+demo-3class: $(STAMP)
+	$(PY) -m modules.phantom results/.cache/phantom-3class --n-per-class 30 --size 96 --classes none round irregular
+	$(PY) -m tuning.search --space resnet_stage2 --data results/.cache/phantom-3class $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
