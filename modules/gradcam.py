@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.networks import PyTorchCNN, ResNet50Classifier
-from modules.transforms import Preprocessing
+from modules.transforms import Preprocessing, brain_box
 
 
 def default_target_layer(network: nn.Module) -> nn.Module:
@@ -65,20 +65,51 @@ def grad_cam(
     return cam.clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
 
 
-def to_image_geometry(cam: np.ndarray, pre: Preprocessing, height: int, width: int) -> np.ndarray:
+def to_image_geometry(
+    cam: np.ndarray,
+    pre: Preprocessing,
+    height: int,
+    width: int,
+    box: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
     """Map a map over the network input back onto the original (height, width) image.
 
-    The evaluation transform resizes the image to ``pre.resize`` squared and centre-crops ``pre.image_size``;
-    this undoes both: the map is placed at the crop's position in the resized square (zero over the border the
-    network never saw) and that square is resized to the original size. Returns (height, width) float32.
+    The evaluation transform resizes the image (or, with ``pre.crop == "brain"``, the part inside ``box``:
+    top, bottom, left, right in the original image's pixels) to ``pre.resize`` squared and centre-crops
+    ``pre.image_size``; this undoes all three: the map is placed at the crop's position in the resized square
+    (zero over the border the network never saw), that square is resized to the box, and the box placed in
+    the image (zero outside it). Returns (height, width) float32.
     """
     size = pre.image_size
     if cam.shape != (size, size):
         raise ValueError(f"expected a ({size}, {size}) map over the network input, got {cam.shape}")
-    top = int(round((pre.resize - size) / 2.0))  # as torchvision's CenterCrop places the crop
+    top, bottom, left, right = box if box is not None else (0, height, 0, width)
+    if not (0 <= top < bottom <= height and 0 <= left < right <= width):
+        raise ValueError(f"box {box} does not lie inside a {height}x{width} image")
+    offset = int(round((pre.resize - size) / 2.0))  # as torchvision's CenterCrop places the crop
     canvas = torch.zeros((1, 1, pre.resize, pre.resize), dtype=torch.float32)
-    canvas[0, 0, top : top + size, top : top + size] = torch.from_numpy(np.asarray(cam, dtype=np.float32))
-    out = F.interpolate(canvas, size=(height, width), mode="bilinear", align_corners=False, antialias=True)[
-        0, 0
-    ]
+    canvas[0, 0, offset : offset + size, offset : offset + size] = torch.from_numpy(
+        np.asarray(cam, dtype=np.float32)
+    )
+    inside = F.interpolate(
+        canvas, size=(bottom - top, right - left), mode="bilinear", align_corners=False, antialias=True
+    )[0, 0]
+    out = torch.zeros((height, width), dtype=torch.float32)
+    out[top:bottom, left:right] = inside
     return out.clamp_(0.0, 1.0).numpy()
+
+
+def crop_box_in(pixels_shape: tuple[int, int], shown: np.ndarray, pre: Preprocessing):
+    """The brain-crop box of ``shown`` (the array the network saw) in the coordinates of the original image of
+    shape ``pixels_shape`` (``shown`` may be a downscaled copy); None without ``crop="brain"``."""
+    if pre.crop != "brain":
+        return None
+    top, bottom, left, right = brain_box(shown)
+    fy, fx = pixels_shape[0] / shown.shape[0], pixels_shape[1] / shown.shape[1]
+    box = (int(round(top * fy)), int(round(bottom * fy)), int(round(left * fx)), int(round(right * fx)))
+    return (
+        min(box[0], pixels_shape[0] - 1),
+        max(box[1], min(box[0], pixels_shape[0] - 1) + 1),
+        min(box[2], pixels_shape[1] - 1),
+        max(box[3], min(box[2], pixels_shape[1] - 1) + 1),
+    )

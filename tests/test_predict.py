@@ -146,6 +146,19 @@ def test_heat_map_returns_to_the_image_geometry():
     )  # the crop's border: unseen
     with pytest.raises(ValueError, match="expected a"):
         to_image_geometry(np.ones((8, 8)), pre, 10, 10)
+    # with the brain crop the map covers the head's box only, wherever the head sits in the scan
+    from modules.gradcam import crop_box_in
+    from tests.conftest import scan
+
+    cropped = Preprocessing(image_size=32, resize=40, crop="brain")
+    pixels = np.zeros((120, 200), np.uint8)
+    pixels[10:74, 120:184] = scan(4, size=64)  # the head's disc: rows ~15-69, columns ~125-179
+    shown = pixels[::2, ::2]  # what the network saw may be a downscaled copy
+    box = crop_box_in(pixels.shape, shown, cropped)
+    heat = to_image_geometry(cam, cropped, 120, 200, box=box)
+    assert heat[42, 152] == pytest.approx(1.0)  # the head's centre
+    assert heat[:, :100].max() == 0.0 and heat[100:, :].max() == 0.0  # away from the head: nothing
+    assert crop_box_in(pixels.shape, shown, pre) is None
     scan = (np.arange(12, dtype=np.uint8) * 20).reshape(3, 4)
     cold = predict.overlay(scan, np.zeros((3, 4), dtype=np.float32))  # no heat: the plain scan, in RGB
     assert cold.shape == (3, 4, 3) and all(np.array_equal(cold[..., c], scan) for c in range(3))

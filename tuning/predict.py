@@ -35,7 +35,7 @@ from modules.checkpoint import (
     predict_probabilities,
     preprocessing,
 )
-from modules.gradcam import default_target_layer, grad_cam, to_image_geometry
+from modules.gradcam import crop_box_in, default_target_layer, grad_cam, to_image_geometry
 from modules.ingest import (  # the ingest's own walking, reading and decoding: the same rules as training
     KEEP_MAX_SIDE,
     DatasetError,
@@ -190,7 +190,7 @@ def run_prediction(
                 explained = pos if pos is not None else classes.index(row["label"])
                 row["heatmap_class"] = classes[explained]
                 cam = grad_cam(network, transform(to_tensor(shown))[None], layer, explained)
-                heat = to_image_geometry(cam, pre, *pixels.shape)
+                heat = to_image_geometry(cam, pre, *pixels.shape, box=crop_box_in(pixels.shape, shown, pre))
                 row["heatmap"] = _heatmap_name(n, source.path)
                 atomic_write_bytes(out / row["heatmap"], _png(overlay(pixels, heat)))
         rows.append(row)
