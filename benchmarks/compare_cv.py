@@ -35,6 +35,24 @@ def _load(run: Path) -> tuple[dict, dict[str, dict]]:
     return report, rows
 
 
+def _positive(report: dict, rows: dict[str, dict], classes: list[str]) -> int | None:
+    name = report["data"].get("positive_class")
+    if name:
+        return classes.index(name)
+    if len(classes) == 2 and "prob" in next(iter(rows.values())):
+        return 1  # a two-class run written before classes came from the data: the last class was positive
+    return None
+
+
+def _probs(row: dict, classes: list[str]) -> list[float]:
+    """Class probabilities of a predictions.csv row; rows of two-class runs written before N classes hold
+    only the positive (last) class's probability, ``prob``."""
+    if "prob" in row and f"prob_{classes[0]}" not in row:
+        p = float(row["prob"])
+        return [1.0 - p, p]
+    return [float(row[f"prob_{c}"]) for c in classes]
+
+
 def compare(a: Path, b: Path, *, n_boot: int = 2000, seed: int = 0) -> dict:
     rep_a, rows_a = _load(a)
     rep_b, rows_b = _load(b)
@@ -43,13 +61,11 @@ def compare(a: Path, b: Path, *, n_boot: int = 2000, seed: int = 0) -> dict:
     if rep_a["data"]["fingerprint"] != rep_b["data"]["fingerprint"]:
         raise ValueError(f"{a} and {b} come from different data (fingerprints differ)")
     classes = list(rep_a["data"]["classes"])
-    positive_name = rep_a["data"].get("positive_class")
-    positive = classes.index(positive_name) if positive_name else None
+    positive = _positive(rep_a, rows_a, classes)
     keys = BINARY_SCORES if positive is not None else MULTI_SCORES
     paths = sorted(rows_a)
     y = np.asarray([int(rows_a[p]["target"]) for p in paths])
-    pa = np.asarray([[float(rows_a[p][f"prob_{c}"]) for c in classes] for p in paths])
-    pb = np.asarray([[float(rows_b[p][f"prob_{c}"]) for c in classes] for p in paths])
+    pa, pb = (np.asarray([_probs(rows[p], classes) for p in paths]) for rows in (rows_a, rows_b))
     members: dict[str, list[int]] = {}
     for i, p in enumerate(paths):
         members.setdefault(rows_a[p]["group"], []).append(i)

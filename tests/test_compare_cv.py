@@ -62,3 +62,25 @@ def test_runs_on_different_images_are_refused(tmp_path):
     b = _fake_run(tmp_path / "b", [0.2, 0.8, 0.3, 0.9], paths=["x0", "x1", "x2", "x3"])
     with pytest.raises(ValueError, match="scored different images"):
         compare(a, b)
+
+
+def test_a_two_class_run_from_before_n_classes_still_compares(tmp_path):
+    """Its predictions.csv has one 'prob' column (the last class's) and its report no positive class."""
+    probs = [0.2, 0.7, 0.4, 0.9, 0.1, 0.6]
+    new = _fake_run(tmp_path / "new", probs)
+    old = tmp_path / "old"
+    old.mkdir()
+    report = json.loads((new / "report.json").read_text())
+    del report["data"]["positive_class"]
+    (old / "report.json").write_text(json.dumps(report))
+    rows = list(csv.DictReader((new / "predictions.csv").open()))
+    with open(old / "predictions.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label", "group", "fold", "target", "prob"])
+        w.writeheader()
+        for r in rows:
+            w.writerow(
+                {k: r[k] for k in ("path", "label", "group", "fold", "target")} | {"prob": r["prob_yes"]}
+            )
+    result = compare(old, new)
+    assert set(result["metrics"]) == {"accuracy", "auroc", "sensitivity", "specificity"}
+    assert all(m["difference"] == pytest.approx(0.0) for m in result["metrics"].values())
