@@ -99,12 +99,8 @@ def test_too_large_a_cache_is_refused_before_computing(data):
     assert BUILDS["count"] == before
 
 
-def test_cached_stage2_training_changes_only_the_tail(data):
-    net = _network()
-    td = data.trial_data()
-    cache = build_feature_cache(net, td.images, td.targets, td.splits, preprocessing=PRE, depths=[1], views=2)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    module = ClassifierModule(network=CachedTail(net, 1), lr=1e-2)
+def _fit_tail(net, cache, *, stage2_epoch: int) -> pl.Trainer:
+    """Two epochs of the cached tail of ``net`` (unfreeze depth 1), staged as a trial stages them."""
     trainer = pl.Trainer(
         max_epochs=2,
         accelerator="cpu",
@@ -113,9 +109,19 @@ def test_cached_stage2_training_changes_only_the_tail(data):
         enable_progress_bar=False,
         enable_model_summary=False,
         reload_dataloaders_every_n_epochs=1,
-        callbacks=[StagedFineTuning(stage2_epoch=1, unfreeze_depth=1, backbone_lr=1e-2)],
+        callbacks=[StagedFineTuning(stage2_epoch=stage2_epoch, unfreeze_depth=1, backbone_lr=1e-2)],
     )
-    trainer.fit(module, datamodule=CachedDataModule(cache, depth=1, stage2_epoch=1, batch_size=8))
+    dm = CachedDataModule(cache, depth=1, stage2_epoch=stage2_epoch, batch_size=8)
+    trainer.fit(ClassifierModule(network=CachedTail(net, 1), lr=1e-2), datamodule=dm)
+    return trainer
+
+
+def test_cached_stage2_training_changes_only_the_tail(data):
+    net = _network()
+    td = data.trial_data()
+    cache = build_feature_cache(net, td.images, td.targets, td.splits, preprocessing=PRE, depths=[1], views=2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    _fit_tail(net, cache, stage2_epoch=1)
     after = net.state_dict()
     changed = {k.split(".")[0] + "." + k.split(".")[1] for k in after if not torch.equal(before[k], after[k])}
     assert "backbone.layer4" in changed and "head.1" in changed
@@ -174,21 +180,6 @@ def test_a_pooled_only_cache_trains_stage1_and_refuses_a_stage2_it_cannot_serve(
     cache = build_feature_cache(net, td.images, td.targets, td.splits, preprocessing=PRE, depths=[], views=2)
     assert cache.depths == () and cache.nbytes == cache.train_pooled.nbytes + cache.eval_pooled.nbytes
 
-    def fit(stage2_epoch):
-        trainer = pl.Trainer(
-            max_epochs=2,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            reload_dataloaders_every_n_epochs=1,
-            callbacks=[StagedFineTuning(stage2_epoch=stage2_epoch, unfreeze_depth=1, backbone_lr=1e-2)],
-        )
-        dm = CachedDataModule(cache, depth=1, stage2_epoch=stage2_epoch, batch_size=8)
-        trainer.fit(ClassifierModule(network=CachedTail(net, 1), lr=1e-2), datamodule=dm)
-        return trainer
-
-    assert fit(10_000).current_epoch == 2
+    assert _fit_tail(net, cache, stage2_epoch=10_000).current_epoch == 2
     with pytest.raises(ValueError, match=r"holds only the cuts for depths \[\]"):
-        fit(1)
+        _fit_tail(net, cache, stage2_epoch=1)

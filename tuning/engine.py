@@ -16,7 +16,7 @@ import torch
 from modules.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION  # noqa: F401 - the writer's format
 from modules.datamodule import MRIDataModule
 from modules.dataset import TrialData
-from modules.feature_cache import CachedTail
+from modules.feature_cache import CachedDataModule, CachedTail
 from modules.finetune import StagedFineTuning
 from modules.lit_module import ClassifierModule
 from modules.networks import WeightsState, build_network, load_backbone_state, resolve_weights
@@ -204,7 +204,17 @@ def balanced_weights(data: TrialData) -> list[float]:
     return [n / (k * c) for c in counts]
 
 
-def build_datamodule(cfg: TrainConfig, data: TrialData) -> MRIDataModule:
+def build_datamodule(cfg: TrainConfig, data: TrialData, *, cache=None) -> pl.LightningDataModule:
+    """Loaders over the images, or with ``cache`` (a ``FeatureCache`` serving this run's splits) over the cached
+    outputs of the frozen layers (pooled features, then the cut of ``cfg.unfreeze_depth`` from stage 2 on)."""
+    if cache is not None:
+        return CachedDataModule(
+            cache,
+            depth=cfg.unfreeze_depth,
+            stage2_epoch=cfg.stage2_epoch,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        )
     return MRIDataModule(
         data.images,
         data.targets,

@@ -24,7 +24,6 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from modules.dataset import PreparedData, resolve_data
-from modules.feature_cache import CachedDataModule
 from modules.split import majority_baselines
 from tuning import engine
 from tuning.cli import add_positive_class_flag, output_folder, run_main, warn
@@ -129,16 +128,7 @@ def run_training(
         positive=data.positive,
         cached_depth=cfg.unfreeze_depth if cached else None,
     )
-    if cached:
-        dm = CachedDataModule(
-            cache.with_splits(data.splits),
-            depth=cfg.unfreeze_depth,
-            stage2_epoch=cfg.stage2_epoch,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-        )
-    else:
-        dm = engine.build_datamodule(cfg, trial_data)
+    dm = engine.build_datamodule(cfg, trial_data, cache=cache.with_splits(data.splits) if cached else None)
     ckpt_dir = out / "lightning_checkpoints"
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, monitor=cfg.monitor, mode=cfg.monitor_mode, save_top_k=1, filename="best-{epoch}"

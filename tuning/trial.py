@@ -10,7 +10,6 @@ import pytorch_lightning as pl
 from ray import tune
 from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
-from modules.feature_cache import CachedDataModule
 from tuning import engine
 from tuning.engine import TrainConfig
 
@@ -83,16 +82,7 @@ def train_trial(config: dict, *, data, base: dict, backbone_state, cache=None) -
     trainer = engine.make_trainer(
         cfg, callbacks=[*engine.staging_callbacks(cfg), report], reload_dataloaders=cached
     )
-    if cached:
-        dm = CachedDataModule(
-            cache,
-            depth=cfg.unfreeze_depth,
-            stage2_epoch=cfg.stage2_epoch,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-        )
-    else:
-        dm = engine.build_datamodule(cfg, data)
+    dm = engine.build_datamodule(cfg, data, cache=cache if cached else None)
     trainer.fit(module, datamodule=dm)
 
 
