@@ -237,6 +237,7 @@ def cv_report(s: SearchSettings, data: PreparedData, folds: list[dict], *, secon
         per_fold.append(
             {
                 "fold": int(f["rows"][0]["fold"]),
+                "inner_seed": rep["data"].get("fold", {}).get("inner_seed"),
                 "n": test["n"],
                 **{k: test[k] for k in keys},
                 "majority_baseline": test["majority_baseline"],
@@ -288,7 +289,7 @@ def cv_report(s: SearchSettings, data: PreparedData, folds: list[dict], *, secon
             "ensemble": s.ensemble,
             "fold_seed": data.seed,
             "inner_split": "train/val of the other folds in the ratio of the split fractions, grouped, "
-            "seed split_seed + fold",
+            "seed split_seed + 1 + fold index (0-based; inner_seed of each fold)",
             "folds": per_fold,
         },
         "metrics": {"pooled": pooled, "per_fold": spread},

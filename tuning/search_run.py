@@ -122,8 +122,9 @@ def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
                 f"--resume: the data at {s.data or 'the phantom set'} changed since the search started "
                 f"(fingerprint {data.images.fingerprint[:12]}, was {previous[:12]})"
             )
-        if (run_dir / "report.json").is_file():
-            print(f"{run_dir} is complete already (report.json exists); nothing to resume")
+        # report.md is written last, after the final report.json (the refit writes an earlier report.json)
+        if (run_dir / "report.json").is_file() and (run_dir / "report.md").is_file():
+            print(f"{run_dir} is complete already (report.json and report.md exist); nothing to resume")
             return json.loads((run_dir / "report.json").read_text())
     else:
         atomic_write_json(saved, {**asdict(s), "data_fingerprint": data.images.fingerprint})
@@ -455,6 +456,24 @@ def _refit_ensemble(
     outputs["probs_all"] = mean
     if data.positive is not None:
         outputs["probs"] = mean[:, data.positive]
+    _plot_test(report["metrics"]["test"], mean.numpy(), outputs["labels"].numpy(), data, Path(s.run_dir))
+
+
+def _plot_test(test: dict, probs, labels, data: PreparedData, run_dir: Path) -> None:
+    """The test confusion matrix and ROC of the ensemble, over the refit's plots of its best member."""
+    from tuning.report import plot_confusion, plot_roc, plot_roc_ovr
+
+    title = "test confusion matrix (ensemble)"
+    plot_confusion(
+        test["confusion_matrix"], test["confusion_labels"], run_dir / "confusion_matrix.png", title=title
+    )
+    if data.positive is not None:
+        pos = data.positive
+        plot_roc(probs[:, pos], labels == pos, run_dir / "roc.png", title="ROC (test, ensemble)")
+    else:
+        plot_roc_ovr(
+            probs, labels, list(data.images.classes), run_dir / "roc.png", title="ROC (test, ensemble)"
+        )
 
 
 def _search_block(s: SearchSettings, trials: list[dict], seconds: float, *, images_per_epoch: int) -> dict:
