@@ -21,6 +21,7 @@ from modules.lit_module import ClassifierModule
 from modules.networks import ResNet50Classifier
 from modules.phantom import make_phantom
 from modules.transforms import Preprocessing, build_transform, to_tensor
+from tests.conftest import TINY_SEARCH as TINY
 from tuning import search
 from tuning.cli import run_main
 
@@ -153,17 +154,11 @@ def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, t
         "4",
         "--grace-period",
         "4",
-        "--image-size",
-        "32",
-        "--resize",
-        "36",
-        "--batch-size",
-        "8",
         "--cache-views",
         "2",
-        "--no-dashboard",
         "--out",
         str(run),
+        *TINY,
     ]
     assert run_main(search.main, args) == 0
     assert BUILDS["count"] == before + 1  # built once, in the driver; trials read it from the object store

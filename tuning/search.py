@@ -381,6 +381,7 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def settings_from_args(args: argparse.Namespace, argv: list[str]) -> SearchSettings:
+    fixed = _parse_set(args.set)
     resize = args.resize or round(args.image_size * 8 / 7)
     base = {
         "weights": args.weights,
@@ -389,9 +390,9 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> SearchSetti
         "batch_size": args.batch_size,
         "precision": args.precision,
         "threads": max(1, int(args.cpus_per_trial)),
-        **_parse_set(args.set),
+        **fixed,
     }
-    overrides = sorted(_parse_set(args.set))
+    overrides = sorted(fixed)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     space_name = Path(args.space).stem if args.space.endswith(".json") else args.space
     return SearchSettings(
