@@ -103,6 +103,8 @@ def test_cli_end_to_end(tmp_path, tiny_phantom, capsys):
     assert "test accuracy" in out and "majority baseline" in out
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["command"].startswith("python -m tuning.train --data")
+    assert report["config"]["precision"] == "auto"
+    assert report["precision"] == ("bf16-mixed" if torch.cuda.is_available() else "32-true")  # what ran
 
 
 @pytest.mark.gpu
@@ -120,5 +122,6 @@ def test_resnet50_run_on_gpu_with_bf16(tiny_data, tmp_path):
     )
     report = train_cli.run_training(cfg, tiny_data, tmp_path, progress=False)
     assert report["metrics"]["test"]["n"] == tiny_data.splits.count("test")
+    assert report["precision"] == "bf16-mixed"
     ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
     assert all(t.device.type == "cpu" for t in ckpt["state_dict"].values())  # exported for any machine

@@ -189,6 +189,7 @@ def run_training(
         "config": cfg.to_dict(),
         "weights": weights_desc,
         "trained_on_feature_cache": cached,
+        "precision": engine.resolve_precision(cfg),  # what "auto" meant on this machine
         "best_epoch": best_epoch,
         "epochs_trained": trainer.current_epoch,
         "selection": {
