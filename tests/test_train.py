@@ -7,6 +7,7 @@ import torch
 
 from modules.dataset import prepare_data
 from modules.phantom import make_phantom
+from tuning import engine
 from tuning import train as train_cli
 from tuning.cli import run_main
 from tuning.engine import CHECKPOINT_FORMAT, TrainConfig
@@ -104,7 +105,21 @@ def test_cli_end_to_end(tmp_path, tiny_phantom, capsys):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["command"].startswith("python -m tuning.train --data")
     assert report["config"]["precision"] == "auto"
-    assert report["precision"] == ("bf16-mixed" if torch.cuda.is_available() else "32-true")  # what ran
+    assert report["precision"] == engine.resolve_precision(TrainConfig())  # what "auto" ran as here
+
+
+def test_auto_precision_is_bf16_only_with_hardware_support(monkeypatch):
+    flags = "flags\t\t: fpu sse2 avx2 avx512f avx512bw"
+    assert not engine.cpu_has_native_bf16(flags)  # AVX512 without the bf16 instructions emulates it
+    assert engine.cpu_has_native_bf16(flags + " avx512_bf16")
+    assert engine.cpu_has_native_bf16(flags + " amx_tile amx_bf16")
+    monkeypatch.setattr(engine.torch.cuda, "is_available", lambda: False)
+    for native, expected in ((False, "32-true"), (True, "bf16-mixed")):
+        monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda native=native: native)
+        assert engine.resolve_precision(TrainConfig()) == expected
+        assert engine.resolve_precision(TrainConfig(precision="32-true")) == "32-true"  # asked: kept
+    monkeypatch.setattr(engine.torch.cuda, "is_available", lambda: True)
+    assert engine.resolve_precision(TrainConfig()) == "bf16-mixed"
 
 
 @pytest.mark.gpu

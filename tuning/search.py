@@ -220,7 +220,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"images per batch (default: {TrainConfig.batch_size})",
     )
     g.add_argument(
-        "--precision", default="auto", help="auto (bf16-mixed on GPU, 32-true on CPU), 32-true, bf16-mixed"
+        "--precision",
+        default="auto",
+        help="auto (bf16-mixed on a GPU or a CPU with bf16 instructions, else 32-true), 32-true, bf16-mixed",
     )
     g.add_argument(
         "--set",

@@ -235,7 +235,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         "stage2_epoch": "resnet50: first epoch (from 0) with unfrozen stages; >= max-epochs: never",
         "unfreeze_depth": "resnet50 stages to unfreeze: 1 = layer4 ... 4 = all",
         "monitor": "validation metric that picks the best epoch: val/loss, val/auroc or val/acc",
-        "precision": "auto (bf16-mixed on GPU, 32-true on CPU), 32-true or bf16-mixed",
+        "precision": "auto (bf16-mixed on a GPU or a CPU with bf16 instructions, else 32-true), 32-true or bf16-mixed",
         "threads": "torch CPU threads (0: torch's default)",
         "image_size": "network input side in px",
         "resize": "side in px the image is resized to before cropping",
