@@ -168,6 +168,24 @@ def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, t
     assert report["config"]["crop"] == "brain" and report["trained_on_feature_cache"] is True
 
 
+def test_the_driver_keeps_the_object_stores_copy_of_the_cache_not_its_own(ray_local, data):
+    """One copy of the arrays on the driver's machine: the driver refits on the store's zero-copy view, and the
+    trials' reference is the one put, not a second put."""
+    from tuning import search_run
+    from tuning.search import SearchSettings
+
+    net = _network()
+    td = data.trial_data()
+    built = build_feature_cache(net, td.images, td.targets, td.splits, preprocessing=PRE, depths=[1], views=2)
+    expected = built.train_cut[1].copy()
+    view = search_run.share_cache(SearchSettings(dashboard=False), built)
+    assert view is not built and not view.train_cut[1].flags.writeable  # a view of the store's buffer
+    np.testing.assert_array_equal(view.train_cut[1], expected)
+    ref = search_run._stored(view)
+    assert search_run._stored(view) is ref and search_run._STORED[id(view)] == (view, ref)
+    assert search_run.share_cache(SearchSettings(), None) is None
+
+
 def test_a_pooled_only_cache_trains_stage1_and_refuses_a_stage2_it_cannot_serve(data):
     """The resnet_stage1 space never unfreezes: its cache holds pooled features only, and that is enough."""
     net = _network()

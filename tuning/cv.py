@@ -54,7 +54,7 @@ def _fields(classes) -> list[str]:
 
 
 def run_cv(s: SearchSettings, data: PreparedData, spec: dict, weights, *, resume: bool) -> dict | None:
-    from tuning.search_run import EXPERIMENT, _storage, build_cache, search_split
+    from tuning.search_run import EXPERIMENT, _storage, build_cache, search_split, share_cache
 
     run_dir = Path(s.run_dir)
     started = time.perf_counter()
@@ -69,7 +69,7 @@ def run_cv(s: SearchSettings, data: PreparedData, spec: dict, weights, *, resume
         f"{len(data.images.records)} images {data.images.class_counts()}; {s.cv}-fold nested cross-validation, "
         f"{'LEAKY random' if data.leaky else 'grouped'} folds of {sizes} images"
     )
-    cache = build_cache(s, spec, data, weights, every_image=True)
+    cache = share_cache(s, build_cache(s, spec, data, weights, every_image=True))
     done: list[dict] = []
     for fold in folds:
         f = fold.fold["index"]

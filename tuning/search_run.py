@@ -141,7 +141,7 @@ def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
         f"split {', '.join(f'{k} {data.splits.count(k)}' for k in ('train', 'val', 'test'))}"
         f"{' (LEAKY random split)' if data.leaky else ''}"
     )
-    cache = build_cache(s, spec, data, weights)
+    cache = share_cache(s, build_cache(s, spec, data, weights))
     return search_split(s, data, spec, weights, cache, resume=resume)
 
 
@@ -308,6 +308,18 @@ def _fit(
 
 
 _STORED: dict[int, tuple[object, object]] = {}
+
+
+def share_cache(s: SearchSettings, cache):
+    """Put a freshly built cache into Ray's object store and return the store's zero-copy view of it, so that
+    the driver (which refits on it) and the store hold one copy of the arrays between them, not two."""
+    if cache is None:
+        return None
+    start_ray(s)
+    ref = ray.put(cache)
+    view = ray.get(ref)
+    _STORED[id(view)] = (view, ref)
+    return view
 
 
 def _stored(cache):
