@@ -4,8 +4,10 @@
     python -m benchmarks.search_speed --data ../shared/data/brain_mri --weights ../shared/weights/resnet50_imagenet.pth
 
 Each variant runs ``python -m tuning.search`` in a subprocess with its own local Ray and identical settings
-(space, seeds, samples, ASHA), so the only difference is ``--no-cache``. Peak memory is the largest resident
-set of the whole process tree (driver and Ray workers) sampled every 0.2 s from /proc.
+(space, seeds, samples, ASHA), so the only difference is ``--no-cache``. Peak memory is the largest
+proportional set size (PSS) of the whole process tree (driver, raylet, object store, workers) sampled every 2 s
+from /proc: a page shared by several processes (the cache in Ray's object store, mapped zero-copy by every
+trial) counts once, split among them, where the resident sizes would count it once per process.
 
 Then the compute bound: every kind of step a trial runs (plain: frozen forward + head, frozen forward + the
 unfrozen stages, evaluation forward; cached: head on pooled features, the unfrozen stages on cut activations, their
@@ -13,6 +15,7 @@ evaluation) is timed in a tight loop on random inputs, with the trials' threads 
 epochs the trials of the plain search actually ran (their stage-2 start and unfreeze depth), these rates give the
 speed-up a cache could bring if trials did nothing but compute: the best ratio this search allows. A depth-2 trial
 still trains layer3 and layer4, most of its compute, so the bound depends on the space, not only on the cache.
+The same rates show how close each search's trials come to pure compute (the rest is start-up, loaders, metrics).
 The last line is ``search_speedup=<ratio> test_accuracy_delta=<points>``.
 """
 
@@ -108,14 +111,16 @@ def run_variant(args, out: Path, cached: bool) -> dict:
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    peak = 0
+    peak, next_sample = 0, 0.0
     log = []
     import threading
 
     reader = threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True)
     reader.start()
     while proc.poll() is None:
-        peak = max(peak, _tree_rss(proc.pid))
+        if time.perf_counter() >= next_sample:  # reading smaps costs ~10 ms per large process: not too often
+            peak = max(peak, _tree_pss(proc.pid))
+            next_sample = time.perf_counter() + 2.0
         time.sleep(0.2)
     wall = time.perf_counter() - started
     reader.join(timeout=5)
@@ -136,9 +141,9 @@ def run_variant(args, out: Path, cached: bool) -> dict:
     }
 
 
-def _tree_rss(root_pid: int) -> int:
-    """Resident bytes of a process and all its descendants (Ray's raylet and workers descend from the driver),
-    read from /proc (Linux)."""
+def _tree_pss(root_pid: int) -> int:
+    """Proportional set size in bytes of a process and all its descendants (Ray's raylet and workers descend
+    from the driver), read from /proc/<pid>/smaps_rollup (Linux; resident size where that file is missing)."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -156,7 +161,14 @@ def _tree_rss(root_pid: int) -> int:
     page = os.sysconf("SC_PAGE_SIZE")
     for pid in tree:
         with contextlib.suppress(OSError, IndexError, ValueError):
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+            try:
+                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            except FileNotFoundError:
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+                continue
+            total += next(
+                int(line.split()[1]) * 1024 for line in rollup.splitlines() if line.startswith("Pss:")
+            )
     return total
 
 
@@ -242,7 +254,8 @@ def step_rates(args, depths: list[int], *, batch: int = 16) -> dict[str, float]:
 
 
 def trial_epochs(run_dir: Path) -> list[dict]:
-    """Per trial of a finished search: epochs run, stage-2 start, unfreeze depth (from its trials.csv, where a
+    """Per trial of a finished search: epochs run, stage-2 start, unfreeze depth, seconds it took (from its
+    trials.csv, where a
     space's constants are columns too; a space that names neither runs ``TrainConfig``'s defaults)."""
     import csv
 
@@ -255,6 +268,7 @@ def trial_epochs(run_dir: Path) -> list[dict]:
             "epochs": int(r["iterations"]),
             "stage2_epoch": int(float(r.get("stage2_epoch") or TrainConfig.stage2_epoch)),
             "depth": int(float(r.get("unfreeze_depth") or TrainConfig.unfreeze_depth)),
+            "time_s": float(r.get("time_s") or 0.0),
         }
         for r in rows
         if r["iterations"]
@@ -325,6 +339,18 @@ def main(argv: list[str] | None = None) -> int:
         f"train / {counts['val']} val images): plain {plain_s:.0f} s, cached {cached_s:.0f} s of one-trial "
         f"compute -> at most {plain_s / cached_s:.2f}x from the cache when trials do nothing but compute"
     )
+    for (
+        name
+    ) in results:  # how close the trials come to the tight loops: the rest is start-up, loaders, metrics
+        ran = trial_epochs(base / name)
+        spent = sum(t["time_s"] for t in ran)
+        compute = compute_seconds(
+            ran, rates, n_train=counts["train"], n_val=counts["val"], cached=name == "cache"
+        )
+        print(
+            f"{name} trials: {spent:.0f} s in all, {compute:.0f} s of it compute at the tight-loop rates "
+            f"({100 * compute / spent:.0f}% of the limit)"
+        )
     speedup = results["no-cache"]["search wall s"] / results["cache"]["search wall s"]
     delta = results["cache"]["refit test acc %"] - results["no-cache"]["refit test acc %"]
     print(

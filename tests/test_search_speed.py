@@ -38,19 +38,19 @@ def test_compute_seconds_weights_each_epoch_by_its_stage_and_depth():
 
 def test_trial_epochs_reads_a_search_with_and_without_stage_columns(tmp_path):
     (tmp_path / "trials.csv").write_text(
-        "trial_id,status,iterations,stage2_epoch,unfreeze_depth\n"
-        "a,TERMINATED,6,3,2\n"
-        "b,TERMINATED,4,2.0,1.0\n"
-        "c,ERROR,,3,1\n"  # never reported an epoch
+        "trial_id,status,iterations,time_s,stage2_epoch,unfreeze_depth\n"
+        "a,TERMINATED,6,60.5,3,2\n"
+        "b,TERMINATED,4,30,2.0,1.0\n"
+        "c,ERROR,,,3,1\n"  # never reported an epoch
     )
     assert trial_epochs(tmp_path) == [
-        {"epochs": 6, "stage2_epoch": 3, "depth": 2},
-        {"epochs": 4, "stage2_epoch": 2, "depth": 1},
+        {"epochs": 6, "stage2_epoch": 3, "depth": 2, "time_s": 60.5},
+        {"epochs": 4, "stage2_epoch": 2, "depth": 1, "time_s": 30.0},
     ]
     (tmp_path / "trials.csv").write_text("trial_id,status,iterations,lr\na,TERMINATED,7,0.001\n")
     defaults = TrainConfig()  # a space that names neither entry runs the defaults
     assert trial_epochs(tmp_path) == [
-        {"epochs": 7, "stage2_epoch": defaults.stage2_epoch, "depth": defaults.unfreeze_depth}
+        {"epochs": 7, "stage2_epoch": defaults.stage2_epoch, "depth": defaults.unfreeze_depth, "time_s": 0.0}
     ]
 
 
