@@ -173,12 +173,16 @@ def _tree_pss(root_pid: int) -> int:
 
 
 def _precision(args) -> str:
-    """The precision the trials ran with (``--precision auto`` resolved as the search resolves it)."""
+    """The precision the trials ran with: ``--precision auto`` resolved as a trial resolves it (a trial without
+    a GPU sees none, so only the CPU's bf16 instructions count then)."""
     import torch
+
+    from tuning.engine import cpu_has_native_bf16
 
     if args.precision != "auto":
         return args.precision
-    return "bf16-mixed" if args.gpus_per_trial > 0 and torch.cuda.is_available() else "32-true"
+    on_gpu = args.gpus_per_trial > 0 and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu or cpu_has_native_bf16() else "32-true"
 
 
 def step_rates(args, depths: list[int], *, batch: int = 16) -> dict[str, float]:

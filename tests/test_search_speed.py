@@ -63,3 +63,15 @@ def test_step_rates_times_every_kind_of_step():
     expected |= {f"{k}/{d}" for d in (1, 2) for k in ("plain/stage2", "cached/stage2", "cached/eval")}
     assert set(rates) == expected
     assert all(v > 0 for v in rates.values())
+
+
+def test_the_tight_loops_run_at_the_precision_the_trials_resolve(monkeypatch):
+    from benchmarks import search_speed
+    from tuning import engine
+
+    args = argparse.Namespace(gpus_per_trial=0, precision="auto")
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda native=native: native)
+        assert search_speed._precision(args) == expected
+    args.precision = "32-true"
+    assert search_speed._precision(args) == "32-true"
