@@ -254,7 +254,7 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 
 def resolve_precision(cfg: TrainConfig) -> str:
     """ "auto": bf16-mixed on a GPU and on a CPU with bf16 instructions, 32-true elsewhere. On this project's
-    2-core CPU (AVX512-BF16) bf16 autocast ran the stage-2 ResNet50 trials of a 5-fold cross-validation 1.85x
+    2-core CPU (AVX512-BF16) bf16 autocast ran the 30 stage-2 ResNet50 trials of a 5-fold cross-validation 1.78x
     faster, and its out-of-fold predictions matched the float32 run's (no decision changed, probabilities within
     0.015; results/brain_mri/SPEED.md)."""
     if cfg.precision != "auto":
