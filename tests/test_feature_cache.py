@@ -132,7 +132,7 @@ def test_cached_stage2_training_changes_only_the_tail(data):
     ), changed
 
 
-def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, tmp_path):
+def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, tmp_path, monkeypatch):
     """Also with preprocessing constants in the space (the cache is computed with them, so it serves)."""
     from search_spaces import get_spec
 
@@ -140,6 +140,11 @@ def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, t
     space.write_text(json.dumps({**get_spec("resnet_stage2"), "crop": "brain", "intensity": 0.1}))
     root = data.images.source
     before = BUILDS["count"]
+    from tuning import search_run
+
+    shared = []
+    share = search_run.share_cache
+    monkeypatch.setattr(search_run, "share_cache", lambda s, c: shared.append(share(s, c)) or shared[-1])
     run = tmp_path / "run"
     args = [
         "--space",
@@ -162,6 +167,7 @@ def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, t
     ]
     assert run_main(search.main, args) == 0
     assert BUILDS["count"] == before + 1  # built once, in the driver; trials read it from the object store
+    assert len(shared) == 1 and not shared[0].train_pooled.flags.writeable  # the driver kept the store's view
     report = json.loads((run / "report.json").read_text())
     cache = report["search"]["cache"]
     assert cache["enabled"] and cache["trials_on_cache"] == 3 and cache["depths"] == [1, 2]

@@ -75,3 +75,42 @@ def test_the_tight_loops_run_at_the_precision_the_trials_resolve(monkeypatch):
         assert search_speed._precision(args) == expected
     args.precision = "32-true"
     assert search_speed._precision(args) == "32-true"
+
+
+def test_main_prints_the_table_the_compute_ratios_and_the_last_line(tmp_path, monkeypatch, capsys):
+    """The whole report with the two searches and the tight loops stubbed: what a 20-minute run ends with."""
+    from benchmarks import search_speed
+
+    epochs = {"no-cache": ["8,3,2", "4,3,1"], "cache": ["4,3,2", "4,3,1"]}
+
+    def fake_run(args, out, cached):
+        out.mkdir(parents=True)
+        rows = "".join(
+            f"t{i},TERMINATED,{e.split(',')[0]},50,{e.split(',', 1)[1]}\n"
+            for i, e in enumerate(epochs[out.name])
+        )
+        (out / "trials.csv").write_text(
+            "trial_id,status,iterations,time_s,stage2_epoch,unfreeze_depth\n" + rows
+        )
+        (out / "split.csv").write_text("path,split\n" + "a,train\n" * 100 + "b,val\n" * 20 + "c,test\n" * 20)
+        wall = 30.0 if cached else 120.0
+        return {
+            "search wall s": wall,
+            "median trial s": wall / 2,
+            "time to report s": wall + 10,
+            "refit test acc %": 80.0,
+        }
+
+    monkeypatch.setattr(search_speed, "run_variant", fake_run)
+    monkeypatch.setattr(search_speed, "step_rates", lambda args, depths: {**RATES})
+    assert search_speed.main(["--keep", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    plain = compute_seconds(
+        [{"epochs": 8, "stage2_epoch": 3, "depth": 2}, {"epochs": 4, "stage2_epoch": 3, "depth": 1}],
+        RATES,
+        n_train=100,
+        n_val=20,
+        cached=False,
+    )
+    assert f"plain {plain:.0f} s" in out and "epoch for epoch" in out
+    assert out.strip().splitlines()[-1] == "search_speedup=4.00 test_accuracy_delta=+0.0"

@@ -69,7 +69,8 @@ def run_cv(s: SearchSettings, data: PreparedData, spec: dict, weights, *, resume
         f"{len(data.images.records)} images {data.images.class_counts()}; {s.cv}-fold nested cross-validation, "
         f"{'LEAKY random' if data.leaky else 'grouped'} folds of {sizes} images"
     )
-    cache = share_cache(s, build_cache(s, spec, data, weights, every_image=True))
+    cache = build_cache(s, spec, data, weights, every_image=True)
+    shared = False  # into Ray's object store before the first fold that still needs a search
     done: list[dict] = []
     for fold in folds:
         f = fold.fold["index"]
@@ -92,6 +93,8 @@ def run_cv(s: SearchSettings, data: PreparedData, spec: dict, weights, *, resume
             f"\n=== fold {f + 1} of {s.cv}: search on train {counts['train']} / val {counts['val']}, "
             f"test {counts['test']} held out"
         )
+        if not shared:
+            cache, shared = share_cache(s, cache), True
         outputs: dict = {}
         report = search_split(
             fs, fold, spec, weights, cache, resume=fold_resume, resume_dir=s.run_dir, test_outputs=outputs

@@ -317,6 +317,11 @@ def share_cache(s: SearchSettings, cache):
         return None
     start_ray(s)
     ref = ray.put(cache)
+    from ray.util.client import ray as client
+
+    if client.is_connected():  # Ray Client: a get would copy the cache back over the network
+        _STORED[id(cache)] = (cache, ref)
+        return cache
     view = ray.get(ref)
     _STORED[id(view)] = (view, ref)
     return view
