@@ -1,4 +1,5 @@
-"""The same resnet_stage2 search with and without the feature cache, in one run: speed and accuracy side by side.
+"""The same search (default: resnet_stage2) with and without the feature cache, in one run: speed and accuracy side
+by side.
 
     python -m benchmarks.search_speed                       # on the built-in phantom set (random-init weights)
     python -m benchmarks.search_speed --data ../shared/data/brain_mri --weights ../shared/weights/resnet50_imagenet.pth
@@ -44,6 +45,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument(
+        "--space", default="resnet_stage2", help="search space, built-in or JSON (default: resnet_stage2)"
+    )
     p.add_argument("--data", default=None, help="data set (default: the phantom set)")
     p.add_argument("--weights", default="none", help="resnet50 weights (default: none, random init)")
     p.add_argument("--num-samples", type=int, default=8, help="trials per search (default: 8)")
@@ -77,7 +81,7 @@ def run_variant(args, out: Path, cached: bool) -> dict:
         "-m",
         "tuning.search",
         "--space",
-        "resnet_stage2",
+        args.space,
         "--weights",
         args.weights,
         "--num-samples",
