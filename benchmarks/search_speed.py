@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,93 +182,61 @@ def _tree_pss(root_pid: int) -> int:
 
 def _precision(args) -> str:
     """The precision the trials ran with: ``--precision auto`` resolved as a trial resolves it (a trial without
-    a GPU sees none, so only the CPU's bf16 instructions count then)."""
+    a GPU sees none)."""
     import torch
 
-    from tuning.engine import cpu_has_native_bf16
+    from tuning.engine import TrainConfig, resolve_precision
 
-    if args.precision != "auto":
-        return args.precision
     on_gpu = args.gpus_per_trial > 0 and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu or cpu_has_native_bf16() else "32-true"
+    return resolve_precision(TrainConfig(precision=args.precision), cuda=on_gpu)
 
 
 def step_rates(args, depths: list[int], *, batch: int = 16) -> dict[str, float]:
     """Images/s of every kind of step a trial runs, in a tight loop on random inputs (batch 16, the trials'
-    threads and precision), frozen exactly as the trials freeze (``requires_grad`` off, batch norm in eval).
+    threads and precision): the real training step, staged as the trials stage it, from
+    ``benchmarks.train_throughput``.
 
     Keys: ``plain/stage1``, ``plain/stage2/<d>``, ``plain/eval`` (whole network from images); ``cached/stage1``,
     ``cached/eval1`` (head on pooled features), ``cached/stage2/<d>``, ``cached/eval/<d>`` (stages above the cut)."""
     import torch
 
-    from modules.feature_cache import POOLED, CachedTail, cut_shape
-    from modules.finetune import frozen_bn_modules, set_trainable, unfreeze_stages
-    from modules.networks import ResNet50Classifier
+    from benchmarks.train_throughput import autocast_for, build_row, time_row
+    from modules.feature_cache import POOLED, cut_shape
 
     torch.set_num_threads(max(1, int(args.cpus_per_trial)))
-    device = "cuda" if args.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
-    bf16 = _precision(args) == "bf16-mixed"
-    side = args.image_size
+    device = torch.device("cuda" if args.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
+    autocast = autocast_for("bf16" if _precision(args) == "bf16-mixed" else "fp32", device)
 
-    def rate(network, model, x, depth: int | None, *, train: bool) -> float:
-        set_trainable([network.backbone], False)
-        params = [*network.head.parameters(), *(unfreeze_stages(network, depth) if depth else [])]
-        model.train(train)
-        for bn in frozen_bn_modules(network, freeze_bn_stats=True):
-            bn.eval()
-        opt = torch.optim.AdamW(params, lr=1e-4)
-        y = torch.randint(0, 2, (batch,), device=device)
-        for step in range(args.loop_steps + 2):
-            if step == 2:
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-                if train:
-                    opt.zero_grad()
-                    loss = torch.nn.functional.cross_entropy(model(x), y)
-                else:
-                    with torch.inference_mode():
-                        model(x)
-            if train:
-                loss.backward()
-                opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return batch * args.loop_steps / (time.perf_counter() - started)
+    warnings.filterwarnings("ignore", message=r".*self\.log\(\)")  # the step logs, with no Trainer to log to
 
-    def fresh():
-        return ResNet50Classifier(num_classes=2).to(device).to(memory_format=torch.channels_last)
+    def rate(row: str, shape: tuple[int, ...], *, cached: bool = False, train: bool = True) -> float:
+        module, optimizer = build_row(row, device, cached=cached)
+        x = torch.randn(batch, *shape, device=device)
+        labels = torch.arange(batch, device=device) % 2
+        seconds = time_row(
+            module, optimizer, (x, labels), steps=args.loop_steps, warmup=2, autocast=autocast, train=train
+        )
+        return batch * args.loop_steps / seconds
 
-    def channels_last(shape):
-        return torch.randn(batch, *shape, device=device).contiguous(memory_format=torch.channels_last)
-
-    rates = {}
-    net = fresh()
-    images = channels_last((3, side, side))
-    rates["plain/stage1"] = rate(net, net, images, None, train=True)
-    rates["plain/eval"] = rate(net, net, images, None, train=False)
+    images = (3, args.image_size, args.image_size)
+    rates = {
+        "plain/stage1": rate("stage1", images),
+        "plain/eval": rate("stage1", images, train=False),
+        "cached/stage1": rate("stage1", (POOLED,), cached=True),
+        "cached/eval1": rate("stage1", (POOLED,), cached=True, train=False),
+    }
     for d in depths:
-        net = fresh()
-        rates[f"plain/stage2/{d}"] = rate(net, net, images, d, train=True)
-    net = fresh()
-    pooled = torch.randn(batch, POOLED, device=device)
-    tail = CachedTail(net, 1)
-    rates["cached/stage1"] = rate(net, tail, pooled, None, train=True)
-    rates["cached/eval1"] = rate(net, tail, pooled, None, train=False)
-    for d in depths:
-        net = fresh()
-        tail = CachedTail(net, d)
-        cut = channels_last(cut_shape(d, side))
-        rates[f"cached/stage2/{d}"] = rate(net, tail, cut, d, train=True)
-        rates[f"cached/eval/{d}"] = rate(net, tail, cut, d, train=False)
+        cut = cut_shape(d, args.image_size)
+        rates[f"plain/stage2/{d}"] = rate(f"stage2-d{d}", images)
+        rates[f"cached/stage2/{d}"] = rate(f"stage2-d{d}", cut, cached=True)
+        rates[f"cached/eval/{d}"] = rate(f"stage2-d{d}", cut, cached=True, train=False)
     return rates
 
 
 def trial_epochs(run_dir: Path) -> list[dict]:
     """Per trial of a finished search: epochs run, stage-2 start, unfreeze depth, seconds it took (from its
-    trials.csv, where a
-    space's constants are columns too; a space that names neither runs ``TrainConfig``'s defaults)."""
+    trials.csv, where a space's constants are columns too; a space that names neither runs ``TrainConfig``'s
+    defaults)."""
     import csv
 
     from tuning.engine import TrainConfig

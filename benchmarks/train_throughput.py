@@ -19,6 +19,7 @@ import warnings
 
 import torch
 
+from modules.feature_cache import CachedTail
 from modules.finetune import add_param_group, frozen_bn_modules, set_trainable, unfreeze_stages
 from modules.lit_module import ClassifierModule
 from modules.networks import build_network
@@ -46,13 +47,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_row(row: str, device: torch.device) -> tuple[ClassifierModule, torch.optim.Optimizer]:
-    """The module in training mode and its optimiser, staged as ``StagedFineTuning`` would stage it."""
+def build_row(
+    row: str, device: torch.device, *, cached: bool = False
+) -> tuple[ClassifierModule, torch.optim.Optimizer]:
+    """The module in training mode and its optimiser, staged as ``StagedFineTuning`` would stage it.
+    ``cached``: the ResNet50 wrapped in ``CachedTail`` as a cached trial trains it (input: pooled features in
+    stage 1, the cut activations of its depth in stage 2)."""
     if row == "cnn":
         module = ClassifierModule(network=build_network("cnn"), channels_last=True).to(device).train()
         return module, module.configure_optimizers()
     network = build_network("resnet50", weights="none", dropout=0.3)
-    module = ClassifierModule(network=network, lr=1e-3, channels_last=True).to(device).train()
+    depth = int(row[-1]) if row.startswith("stage2-d") else 1
+    model = CachedTail(network, depth) if cached else network
+    module = ClassifierModule(network=model, lr=1e-3, channels_last=True).to(device).train()
     set_trainable([network.backbone], False)
     optimizer = module.configure_optimizers()  # head only, as in stage 1
     if row.startswith("stage2-d"):
@@ -62,14 +69,21 @@ def build_row(row: str, device: torch.device) -> tuple[ClassifierModule, torch.o
     return module, optimizer
 
 
-def time_row(module, optimizer, batch, *, steps: int, warmup: int, autocast) -> float:
-    """Seconds for ``steps`` training steps after ``warmup`` untimed ones."""
+def time_row(module, optimizer, batch, *, steps: int, warmup: int, autocast, train: bool = True) -> float:
+    """Seconds for ``steps`` training steps after ``warmup`` untimed ones (``train=False``: evaluation forward
+    passes in inference mode instead)."""
     device = batch[0].device
+    if not train:
+        module.eval()  # (training rows keep build_row's modes: frozen batch norms stay in eval)
     for step in range(warmup + steps):
         if step == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
+        if not train:
+            with torch.inference_mode(), autocast():
+                module(batch[0])
+            continue
         with autocast():
             loss = module.training_step(batch, step)
         loss.backward()
