@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tuning.cv import BINARY_SCORES, MULTI_SCORES, scores
-from tuning.report import fmt_ci
+from modules.statistics import BINARY_SCORES, MULTI_SCORES, scores
+from tuning.formatting import fmt_ci
 
 
 def _load(run: Path) -> tuple[dict, dict[str, dict]]:

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from tuning.report import fmt_ci
+from tuning.formatting import fmt_ci
 
 
 def row(run: Path) -> str:

@@ -185,7 +185,8 @@ def _precision(args) -> str:
     a GPU sees none)."""
     import torch
 
-    from tuning.engine import TrainConfig, resolve_precision
+    from tuning.config import TrainConfig
+    from tuning.engine import resolve_precision
 
     on_gpu = args.gpus_per_trial > 0 and torch.cuda.is_available()
     return resolve_precision(TrainConfig(precision=args.precision), cuda=on_gpu)
@@ -239,7 +240,7 @@ def trial_epochs(run_dir: Path) -> list[dict]:
     defaults)."""
     import csv
 
-    from tuning.engine import TrainConfig
+    from tuning.config import TrainConfig
 
     with (run_dir / "trials.csv").open() as f:
         rows = list(csv.DictReader(f))

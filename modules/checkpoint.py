@@ -1,5 +1,5 @@
-"""Load the self-describing classifier checkpoints (``model.pt``) that ``tuning.train`` and a search's refit
-write, and run them on decoded images.
+"""Write and load the self-describing classifier checkpoints (``model.pt``) of ``tuning.train`` and a search's
+refit, and run them on decoded images.
 
 A checkpoint is a plain dict loaded with ``torch.load(..., weights_only=True)`` (no pickled objects): the
 ``format``/``format_version`` tag, the network kind and hyperparameters, the preprocessing, the class names,
@@ -10,6 +10,8 @@ state_dict, a Lightning ``.ckpt``, an unknown format or version, a pickle of arb
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -19,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from modules.files import atomic_write_bytes
 from modules.networks import NETWORK_KINDS, build_network
 from modules.transforms import Preprocessing, build_transform, to_tensor
 
-# The format written by tuning.train's export_checkpoint (tuning.engine re-exports these) and read here.
+# The format written by write_checkpoint and read by read_checkpoint.
 CHECKPOINT_FORMAT = "mri-tune/classifier"
 # Version 2 (N classes): positive_class is None when there are more than two classes; version 1 files (two
 # classes, positive_class = the last class, as version 2 writes it for the brain-MRI set) read unchanged.
@@ -131,6 +134,44 @@ def _check_fields(path: Path, obj: Mapping) -> None:
         raise CheckpointError(
             f"checkpoint {path}: state_dict is empty or holds non-tensors; expected {EXPECTED}"
         )
+
+
+def write_checkpoint(path: str | os.PathLike, network: nn.Module, **meta) -> Path:
+    """Write ``network``'s weights and ``meta`` as a checkpoint that needs no pickle (it loads with
+    ``weights_only=True``) and describes itself, atomically. ``meta``: ``model``, ``network_hparams``,
+    ``num_classes``, ``classes``, ``positive_class`` (the positive class's name for two classes, None for more:
+    format version 2), ``config``, ``preprocessing``, ``weights_source``, ``data``, ``best_epoch``, ``versions``."""
+    missing = sorted(set(_REQUIRED) - {"state_dict"} - set(meta))
+    assert not missing, f"write_checkpoint needs {missing}"
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **meta, "state_dict": state}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_info(meta: Mapping) -> dict:
+    """The ``model`` block of evaluate and predict reports: which checkpoint (path and sha256), what it is,
+    and what it was trained on. ``meta``: as ``load_classifier`` returns it."""
+    return {
+        "checkpoint": meta["path"],
+        "sha256": file_sha256(meta["path"]),
+        "model": meta["model"],
+        "classes": list(meta["classes"]),
+        "positive_class": meta["positive_class"],
+        "best_epoch": meta.get("best_epoch"),
+        "weights_source": meta.get("weights_source"),
+        "trained_on": meta.get("data"),
+        "versions": meta.get("versions"),
+    }
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[nn.Module, dict]:

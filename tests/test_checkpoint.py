@@ -19,14 +19,13 @@ from modules.checkpoint import (
     read_checkpoint,
 )
 from modules.networks import PyTorchCNN, ResNet50Classifier
-from tests.tiny_run import tiny_run
-from tuning import engine, evaluate, predict
+from tuning import evaluate, predict
 from tuning.cli import run_main
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return tiny_run(tmp_path_factory)
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +33,9 @@ def payload(run) -> dict:
     return torch.load(run.checkpoint, map_location="cpu", weights_only=True)
 
 
-def test_format_constants_agree_with_the_writer():
-    assert ckpt_mod.CHECKPOINT_FORMAT == engine.CHECKPOINT_FORMAT
-    assert engine.CHECKPOINT_VERSION in ckpt_mod.SUPPORTED_VERSIONS
+def test_the_writer_writes_the_format_the_reader_reads(payload):
+    assert payload["format"] == ckpt_mod.CHECKPOINT_FORMAT
+    assert payload["format_version"] == ckpt_mod.CHECKPOINT_VERSION in ckpt_mod.SUPPORTED_VERSIONS
 
 
 def test_load_classifier_rebuilds_the_network_in_eval_mode(run, payload):

@@ -11,13 +11,12 @@ from modules.checkpoint import eval_transform, load_classifier, predict_probabil
 from modules.dataset import prepare_data
 from modules.ingest import load_image_set
 from modules.split import groups_across_splits
-from tests.conftest import TINY_SEARCH as TINY
-from tests.conftest import scan, write_image
+from modules.statistics import classification_metrics, group_bootstrap, scores
+from tests.helpers import TINY_SEARCH as TINY
+from tests.helpers import scan, write_image
 from tuning import search
 from tuning.cli import run_main
-from tuning.cv import group_bootstrap, scores
-from tuning.report import classification_metrics
-from tuning.trial import SharedCache
+from tuning.trainable import SharedCache
 
 
 @pytest.fixture

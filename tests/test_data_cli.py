@@ -44,7 +44,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
 
 
 def test_too_few_images_for_three_splits(tmp_path):
-    from tests.conftest import scan, write_image
+    from tests.helpers import scan, write_image
 
     write_image(tmp_path / "s" / "yes" / "a.png", scan(1))
     write_image(tmp_path / "s" / "no" / "b.png", scan(2))

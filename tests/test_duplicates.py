@@ -2,7 +2,7 @@ import numpy as np
 from PIL import Image
 
 from modules.duplicates import group_duplicates, near_duplicate_pairs
-from tests.conftest import scan
+from tests.helpers import scan
 
 
 def resized(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:

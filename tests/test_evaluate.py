@@ -11,14 +11,13 @@ import pytest
 from PIL import Image
 
 from modules.phantom import make_phantom
-from tests.tiny_run import tiny_run
 from tuning import evaluate
 from tuning.cli import run_main
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return tiny_run(tmp_path_factory)
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +122,11 @@ def test_everything_excluded_is_a_clear_error(run, test_split, tmp_path, capsys)
 
 
 def test_the_bootstrap_auc_equals_sklearns():
-    """tuning.report.rank_auc (the fast AUC inside the bootstrap interval) against sklearn, with ties."""
+    """modules.statistics.rank_auc (the fast AUC inside the bootstrap interval) against sklearn, with ties."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from tuning.report import rank_auc
+    from modules.statistics import rank_auc
 
     rng = np.random.default_rng(0)
     for _ in range(200):

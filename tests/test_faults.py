@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from modules import files
 from modules.phantom import make_phantom
-from tests.conftest import REPO, subprocess_env
-from tuning import files
+from tests.helpers import REPO, subprocess_env
 
 # ----------------------------------------------------------------------------- atomic writes (quick)
 OLD = {"kind": "search", "metrics": {"test": {"accuracy": 0.9}}}
@@ -401,8 +401,8 @@ def test_search_completes_when_a_node_of_a_two_node_cluster_dies(slow_phantom, t
 
 
 def test_disk_full_during_a_command_is_one_error_line(tmp_path, monkeypatch, capsys):
+    from modules import files
     from tuning import data as data_cli
-    from tuning import files
     from tuning.cli import run_main
 
     def full(*args, **kwargs):
@@ -410,7 +410,7 @@ def test_disk_full_during_a_command_is_one_error_line(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(files, "atomic_write_bytes", full)
     monkeypatch.setattr(data_cli, "atomic_write_text", lambda path, text: full())
-    from tests.conftest import scan, write_image
+    from tests.helpers import scan, write_image
 
     for i in range(6):
         write_image(tmp_path / "d" / "yes" / f"y{i}.png", scan(300 + i, mass=True))

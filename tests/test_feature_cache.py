@@ -9,7 +9,6 @@ import torch
 
 from modules.dataset import prepare_data
 from modules.feature_cache import (
-    BUILDS,
     CachedDataModule,
     CachedTail,
     CacheTooLarge,
@@ -21,7 +20,7 @@ from modules.lit_module import ClassifierModule
 from modules.networks import ResNet50Classifier
 from modules.phantom import make_phantom
 from modules.transforms import Preprocessing, build_transform, to_tensor
-from tests.conftest import TINY_SEARCH as TINY
+from tests.helpers import TINY_SEARCH as TINY
 from tuning import search
 from tuning.cli import run_main
 
@@ -85,10 +84,15 @@ def test_cached_outputs_equal_the_full_network(data, precision, tolerance):
 
 def test_too_large_a_cache_is_refused_before_computing(data):
     td = data.trial_data()
-    before = BUILDS["count"]
+    net = _network()
+
+    def refuse(*args):
+        raise AssertionError("the backbone ran before the size was checked")
+
+    net.backbone.forward = refuse
     with pytest.raises(CacheTooLarge, match="over the limit"):
         build_feature_cache(
-            _network(),
+            net,
             td.images,
             td.targets,
             td.splits,
@@ -97,7 +101,6 @@ def test_too_large_a_cache_is_refused_before_computing(data):
             views=8,
             max_bytes=1000,
         )
-    assert BUILDS["count"] == before
 
 
 def _fit_tail(net, cache, *, stage2_epoch: int) -> pl.Trainer:
@@ -139,12 +142,14 @@ def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, t
     space = tmp_path / "space.json"
     space.write_text(json.dumps({**get_spec("resnet_stage2"), "crop": "brain", "intensity": 0.1}))
     root = data.images.source
-    before = BUILDS["count"]
-    from tuning import search_run
+    from tuning import backbone, pipeline
 
-    shared = []
-    share = search_run.share_cache
-    monkeypatch.setattr(search_run, "share_cache", lambda s, c: shared.append(share(s, c)) or shared[-1])
+    built, shared = [], []
+    build, share = backbone.build_feature_cache, pipeline.share_cache
+    monkeypatch.setattr(
+        backbone, "build_feature_cache", lambda *a, **k: built.append(build(*a, **k)) or built[-1]
+    )
+    monkeypatch.setattr(pipeline, "share_cache", lambda s, c: shared.append(share(s, c)) or shared[-1])
     run = tmp_path / "run"
     args = [
         "--space",
@@ -166,8 +171,10 @@ def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, t
         *TINY,
     ]
     assert run_main(search.main, args) == 0
-    assert BUILDS["count"] == before + 1  # built once, in the driver; trials read it from the object store
-    assert len(shared) == 1 and not shared[0].train_pooled.flags.writeable  # the driver kept the store's view
+    assert len(built) == 1  # built once, in the driver; trials read it from the object store
+    assert (
+        len(shared) == 1 and not shared[0].local.train_pooled.flags.writeable
+    )  # the driver kept the store's view
     report = json.loads((run / "report.json").read_text())
     cache = report["search"]["cache"]
     assert cache["enabled"] and cache["trials_on_cache"] == 3 and cache["depths"] == [1, 2]
@@ -177,19 +184,23 @@ def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, t
 def test_the_driver_keeps_the_object_stores_copy_of_the_cache_not_its_own(ray_local, data):
     """One copy of the arrays on the driver's machine: the driver refits on the store's zero-copy view, and the
     trials' reference is the one put, not a second put."""
-    from tuning import search_run
-    from tuning.search import SearchSettings
+    import ray
+
+    from tuning.ray_runtime import share_cache
+    from tuning.settings import SearchSettings
 
     net = _network()
     td = data.trial_data()
     built = build_feature_cache(net, td.images, td.targets, td.splits, preprocessing=PRE, depths=[1], views=2)
     expected = built.train_cut[1].copy()
-    view = search_run.share_cache(SearchSettings(dashboard=False), built)
+    stored = share_cache(SearchSettings(dashboard=False), built)
+    view = stored.local
     assert view is not built and not view.train_cut[1].flags.writeable  # a view of the store's buffer
     np.testing.assert_array_equal(view.train_cut[1], expected)
-    ref = search_run._stored(view)
-    assert search_run._stored(view) is ref and search_run._STORED[id(view)] == (view, ref)
-    assert search_run.share_cache(SearchSettings(), None) is None
+    from_store = ray.get(stored.ref)  # what the trials read: the same arrays, zero-copy again
+    assert not from_store.train_cut[1].flags.writeable
+    np.testing.assert_array_equal(from_store.train_cut[1], expected)
+    assert share_cache(SearchSettings(), None) is None
 
 
 def test_a_pooled_only_cache_trains_stage1_and_refuses_a_stage2_it_cannot_serve(data):

@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 
 import modules.ingest as ingest
-from tests.conftest import REPO, scan, write_image
+from tests.helpers import REPO, scan, write_image
 from tests.test_ingest import png_header_only
 from tuning import data as data_cli
 from tuning import train as train_cli

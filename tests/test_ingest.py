@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from modules.ingest import DatasetError, decode_image, load_image_set
-from tests.conftest import scan, write_image
+from tests.helpers import scan, write_image
 
 
 def skipped_reasons(ds) -> dict[str, str]:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
-from tuning.report import BINARY_ONLY, binary_metrics, classification_metrics, summary_lines
+from modules.statistics import BINARY_ONLY, binary_metrics, classification_metrics
+from tuning.formatting import summary_lines
 
 
 def _binary_case(seed: int = 3, n: int = 40):

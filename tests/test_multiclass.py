@@ -12,7 +12,7 @@ from modules.checkpoint import load_classifier
 from modules.dataset import prepare_data
 from modules.ingest import DatasetError
 from modules.phantom import make_phantom
-from tests.conftest import TINY_SEARCH as TINY
+from tests.helpers import TINY_SEARCH as TINY
 from tuning import data as data_cli
 from tuning import evaluate, predict, search
 from tuning.cli import run_main

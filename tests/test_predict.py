@@ -16,14 +16,13 @@ from modules.gradcam import default_target_layer, grad_cam, to_image_geometry
 from modules.networks import ResNet50Classifier, build_network
 from modules.phantom import make_phantom, render_example
 from modules.transforms import Preprocessing, to_tensor
-from tests.tiny_run import tiny_run
 from tuning import predict
 from tuning.cli import run_main
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return tiny_run(tmp_path_factory)
+def run(tiny_run):
+    return tiny_run
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -148,7 +147,7 @@ def test_heat_map_returns_to_the_image_geometry():
         to_image_geometry(np.ones((8, 8)), pre, 10, 10)
     # with the brain crop the map covers the head's box only, wherever the head sits in the scan
     from modules.gradcam import crop_box_in
-    from tests.conftest import scan
+    from tests.helpers import scan
 
     cropped = Preprocessing(image_size=32, resize=40, crop="brain")
     pixels = np.zeros((120, 200), np.uint8)
@@ -188,8 +187,8 @@ def test_grad_cam_is_brighter_over_the_mass(tmp_path):
     from scipy import ndimage
 
     from modules.dataset import prepare_data
-    from tuning.engine import TrainConfig
-    from tuning.train import run_training
+    from tuning.config import TrainConfig
+    from tuning.training import run_training
 
     seed, size = 2, 64
     data = prepare_data(make_phantom(tmp_path / "phantom", n_per_class=200, size=size, seed=seed), seed=0)

@@ -3,7 +3,7 @@
 import csv
 import json
 
-from tests.conftest import TINY_SEARCH as TINY
+from tests.helpers import TINY_SEARCH as TINY
 from tuning import search
 from tuning.cli import run_main
 

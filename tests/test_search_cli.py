@@ -1,6 +1,6 @@
 """Bad values and space files at the command line of ``tuning.search``: one clear error, before Ray starts.
 
-``tests/test_search_spaces.py`` checks ``validate()`` itself; here the whole command runs through ``run_main``
+``tests/test_search_spaces.py`` checks ``SearchSettings`` itself; here the whole command runs through ``run_main``
 with ``ray.init`` replaced by a trap, so a case that reached Ray would fail loudly instead of starting it.
 """
 
@@ -13,7 +13,7 @@ import pytest
 import ray
 import torch
 
-from tests.conftest import scan, write_image
+from tests.helpers import scan, write_image
 from tuning import search
 from tuning.cli import run_main
 
@@ -24,7 +24,7 @@ class RayStarted(BaseException):
 
 @pytest.fixture(scope="module", autouse=True)
 def warm_imports():
-    import tuning.search_run  # noqa: F401  (the first import of Ray Tune and Lightning takes seconds)
+    import tuning.pipeline  # noqa: F401  (the first import of Ray Tune and Lightning takes seconds)
 
 
 @pytest.fixture

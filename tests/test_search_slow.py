@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from modules.phantom import make_phantom
-from tests.conftest import REPO, subprocess_env
-from tests.conftest import TINY_SEARCH as TINY
+from tests.helpers import REPO, subprocess_env
+from tests.helpers import TINY_SEARCH as TINY
 
 pytestmark = pytest.mark.slow
 

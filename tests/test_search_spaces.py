@@ -7,9 +7,11 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 
 from search_spaces import SPACES, SpaceError, get_spec, to_tune
-from tuning.engine import TrainConfig
-from tuning.search import SearchSettings, validate
-from tuning.search_run import make_scheduler
+from tests.helpers import search_settings
+from tuning.config import TrainConfig
+from tuning.pipeline import check_gpus
+from tuning.settings import SearchSettings
+from tuning.tuner import make_scheduler
 
 
 @pytest.mark.parametrize("name", sorted(SPACES))
@@ -20,7 +22,7 @@ def test_every_space_samples_valid_configs(name):
         cfg = TrainConfig.from_dict({**config, "max_epochs": 8})
         assert cfg.model in ("cnn", "resnet50")
         assert 1 <= cfg.unfreeze_depth <= 4 and cfg.lr > 0 and 0 <= cfg.dropout < 1
-    validate(SearchSettings(space=name, max_epochs=8, grace_period=4))
+    assert SearchSettings(space=name, max_epochs=8, grace_period=4).spec() == get_spec(name)
 
 
 def test_resnet_stage2_covers_the_required_hyperparameters():
@@ -47,17 +49,24 @@ def test_unknown_space_lists_the_valid_ones():
 )
 def test_bad_settings_refused_before_ray(settings, message):
     with pytest.raises(ValueError, match=message):
-        validate(SearchSettings(**{"space": "resnet_stage2", "max_epochs": 8, "grace_period": 4, **settings}))
+        SearchSettings(**{"space": "resnet_stage2", "max_epochs": 8, "grace_period": 4, **settings})
 
 
-def test_more_gpus_than_exist_refused():
+def test_more_gpus_than_exist_refused(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(ValueError, match="has 0 GPU"):
-        validate(SearchSettings(gpus_per_trial=0.5), gpus_available=0)
+        check_gpus(SearchSettings(gpus_per_trial=0.5))
+    check_gpus(
+        SearchSettings(gpus_per_trial=0.5, address="auto")
+    )  # a cluster may have them: not checked here
 
 
-def test_early_rung_can_be_allowed_with_a_warning(capsys):
-    validate(SearchSettings(space="resnet_stage2", grace_period=2, allow_early_rung=True))
-    assert "first rung" in capsys.readouterr().err
+def test_early_rung_can_be_allowed_with_a_warning():
+    s = SearchSettings(space="resnet_stage2", grace_period=2, allow_early_rung=True)
+    assert any("first rung" in w for w in s.warnings())
+    assert not SearchSettings(space="resnet_stage2", grace_period=4).warnings()
 
 
 def _space_file(tmp_path, content) -> str:
@@ -82,14 +91,14 @@ def _space_file(tmp_path, content) -> str:
 )
 def test_bad_space_files(tmp_path, content, message):
     with pytest.raises(ValueError, match=message):
-        validate(SearchSettings(space=_space_file(tmp_path, content), max_epochs=8, grace_period=4))
+        SearchSettings(space=_space_file(tmp_path, content), max_epochs=8, grace_period=4)
 
 
 def test_good_space_file(tmp_path):
     path = _space_file(
         tmp_path, {"model": "cnn", "lr": {"loguniform": [1e-4, 1e-2]}, "cnn_depth": {"choice": [2, 3]}}
     )
-    spec = validate(SearchSettings(space=path, max_epochs=4, grace_period=1))
+    spec = SearchSettings(space=path, max_epochs=4, grace_period=1).spec()
     assert spec["model"] == "cnn"
 
 
@@ -111,16 +120,10 @@ def test_asha_stops_the_worse_trials_at_the_first_rung():
     )
 
 
-def test_set_replaces_a_constant_of_the_space_but_never_a_sampled_entry(capsys):
-    from tuning.search import effective_spec, get_args_parser, settings_from_args, validate
-
-    def settings(*extra):
-        argv = ["--space", "resnet_stage2", *extra]
-        return settings_from_args(get_args_parser().parse_args(argv), argv)
-
-    assert effective_spec(settings())["crop"] == "brain"  # the space's default
-    s = settings("--set", "crop=none", "--set", "lr=0.1")
-    spec = validate(s)
+def test_set_replaces_a_constant_of_the_space_but_never_a_sampled_entry():
+    assert search_settings("--space", "resnet_stage2").spec()["crop"] == "brain"  # the space's default
+    s = search_settings("--space", "resnet_stage2", "--set", "crop=none", "--set", "lr=0.1")
+    spec = s.spec()
     assert "crop" not in spec and s.base["crop"] == "none"  # --set wins over a constant
     assert spec["lr"] == {"loguniform": [3e-4, 3e-3]}  # a sampled entry stays sampled
-    assert "the space samples ['lr']; the command-line values for them are ignored" in capsys.readouterr().err
+    assert "the space samples ['lr']; the command-line values for them are ignored" in s.warnings()

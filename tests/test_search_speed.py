@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from benchmarks.search_speed import compute_seconds, step_rates, trial_epochs
-from tuning.engine import TrainConfig
+from tuning.config import TrainConfig
 
 RATES = {
     "plain/stage1": 10.0,

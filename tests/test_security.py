@@ -16,9 +16,10 @@ import ray
 import torch
 
 from modules.networks import ResNet50Classifier, WeightsError, load_resnet50_weights, resolve_weights
-from tests.conftest import REPO
+from tests.helpers import REPO, search_settings
 from tuning import search
-from tuning.search_run import start_ray
+from tuning.ray_runtime import start_ray
+from tuning.settings import SearchSettings
 
 
 # ----------------------------------------------------------------------------- the dashboard and Ray's auth
@@ -39,8 +40,8 @@ def fake_ray(monkeypatch):
     return calls
 
 
-def settings(*argv: str) -> search.SearchSettings:
-    return search.settings_from_args(search.get_args_parser().parse_args(list(argv)), list(argv))
+def settings(*argv: str) -> SearchSettings:
+    return search_settings(*argv)
 
 
 def test_dashboard_binds_to_localhost_by_default(fake_ray, capsys):

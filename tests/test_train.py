@@ -5,12 +5,14 @@ import json
 import pytest
 import torch
 
+from modules.checkpoint import CHECKPOINT_FORMAT
 from modules.dataset import prepare_data
 from modules.phantom import make_phantom
 from tuning import engine
 from tuning import train as train_cli
 from tuning.cli import run_main
-from tuning.engine import CHECKPOINT_FORMAT, TrainConfig
+from tuning.config import TrainConfig
+from tuning.training import run_training
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ FAST = {"image_size": 32, "resize": 36, "batch_size": 8, "threads": 2}
 
 def test_cnn_run_writes_a_complete_report(tiny_data, tmp_path):
     cfg = TrainConfig.from_dict({**FAST, "model": "cnn", "max_epochs": 2, "cnn_depth": 2, "cnn_width": 8})
-    report = train_cli.run_training(cfg, tiny_data, tmp_path, command="test", progress=False)
+    report = run_training(cfg, tiny_data, tmp_path, command="test", progress=False)
     test = report["metrics"]["test"]
     n_test = tiny_data.splits.count("test")
     assert test["n"] == n_test
@@ -58,7 +60,7 @@ def test_resnet50_staged_run(tiny_data, tmp_path):
             "unfreeze_depth": 1,
         }
     )
-    report = train_cli.run_training(cfg, tiny_data, tmp_path, progress=False)
+    report = run_training(cfg, tiny_data, tmp_path, progress=False)
     assert report["weights"] == "none"
     assert report["epochs_trained"] == 2
     assert report["metrics"]["test"]["n"] == tiny_data.splits.count("test")
@@ -135,7 +137,7 @@ def test_resnet50_run_on_gpu_with_bf16(tiny_data, tmp_path):
             "precision": "auto",
         }
     )
-    report = train_cli.run_training(cfg, tiny_data, tmp_path, progress=False)
+    report = run_training(cfg, tiny_data, tmp_path, progress=False)
     assert report["metrics"]["test"]["n"] == tiny_data.splits.count("test")
     assert report["precision"] == "bf16-mixed"
     ckpt = torch.load(tmp_path / "model.pt", weights_only=True)

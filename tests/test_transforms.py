@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from modules.transforms import Preprocessing, brain_box, build_transform, to_tensor
-from tests.conftest import scan
+from tests.helpers import scan
 
 
 def _framed(head: np.ndarray, canvas=(200, 300), at=(30, 170)) -> np.ndarray:

@@ -38,21 +38,10 @@ def output_folder(out: str | None, kind: str, *, marker: str, overwrite: bool) -
 
 
 def set_threads(threads: int) -> None:
-    """``--threads``: torch CPU threads; 0 keeps torch's default."""
+    """Torch's CPU threads (``--threads``, or a config's ``threads``); 0 keeps torch's default."""
     if threads < 0:
         raise ValueError(f"--threads must be >= 0, got {threads}")
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def add_positive_class_flag(group) -> None:
-    """``--positive-class NAME`` (see ``modules.dataset.resolve_positive``)."""
-    group.add_argument(
-        "--positive-class",
-        default=None,
-        metavar="NAME",
-        help="two-class sets: the class that sensitivity, specificity and the ROC refer to (default: yes, "
-        "required when there is no yes/); not allowed for more classes (scored one-vs-rest)",
-    )

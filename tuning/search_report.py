@@ -1,4 +1,4 @@
-"""What a search leaves behind: the trials table, every trial's validation curve, report.md, a summary table."""
+"""What a search leaves behind: the trials table, the search block of its report, report.md, a summary table."""
 
 from __future__ import annotations
 
@@ -6,64 +6,12 @@ import csv
 import io
 import json
 import math
+import statistics
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from tuning.files import atomic_write_text  # noqa: E402
-from tuning.report import fmt_ci, is_binary, metric_rows  # noqa: E402
-
-
-def collect_trials(grid, *, metric: str, mode: str) -> list[dict]:
-    """One dict per trial: id, status, sampled config, epochs run, best value and epoch, curve, error."""
-    trials = []
-    for result in grid:
-        df = result.metrics_dataframe
-        history: list[tuple[int, float]] = []
-        node = None
-        if df is not None and metric in df.columns:
-            rows = df.dropna(subset=[metric])
-            history = [
-                (int(i), float(v)) for i, v in zip(rows["training_iteration"], rows[metric], strict=True)
-            ]
-            if "node_id" in df.columns and len(df):
-                node = str(df["node_id"].iloc[-1])
-        best_iter, best_value = (None, None)
-        if history:
-            pick = min if mode == "min" else max
-            best_iter, best_value = pick(history, key=lambda h: h[1])
-        metrics = result.metrics or {}
-        trials.append(
-            {
-                "trial_id": metrics.get("trial_id") or Path(str(result.path)).name,
-                "status": "ERROR" if result.error else "TERMINATED",
-                "config": {k: _plain(v) for k, v in (result.config or {}).items()},
-                "iterations": history[-1][0] if history else 0,
-                "best_value": best_value,
-                "best_iteration": best_iter,
-                "last_value": history[-1][1] if history else None,
-                "history": history,
-                "node_id": node,
-                "time_s": round(float(metrics.get("time_total_s") or 0.0), 2),
-                "cached": bool(metrics.get("cached", 0)),
-                "error": _error_text(result.error),
-            }
-        )
-    return sorted(trials, key=lambda t: t["trial_id"])
-
-
-def _plain(v):
-    return v.item() if hasattr(v, "item") else v
-
-
-def _error_text(err) -> str | None:
-    if err is None:
-        return None
-    text = str(err).strip().splitlines()
-    return (text[-1] if text else type(err).__name__)[:500]
+from modules.files import atomic_write_text
+from tuning.formatting import fmt_ci, fmt_config, is_binary, metric_rows
+from tuning.settings import SearchSettings
 
 
 def write_trials_csv(trials: list[dict], path: Path) -> Path:
@@ -102,37 +50,12 @@ def write_trials_csv(trials: list[dict], path: Path) -> Path:
     return atomic_write_text(path, buf.getvalue())
 
 
-def plot_trial_curves(trials: list[dict], path: Path, *, metric: str, max_t: int) -> Path:
-    """Every trial's validation curve; a cross marks a trial that ASHA stopped before max_t."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for t in trials:
-        if not t["history"]:
-            continue
-        xs, ys = zip(*t["history"], strict=True)
-        (line,) = ax.plot(xs, ys, "-", lw=1, alpha=0.8)
-        if xs[-1] < max_t and t["status"] == "TERMINATED":
-            ax.plot(xs[-1], ys[-1], "x", color=line.get_color(), ms=8)
-    ax.plot([], [], "kx", label="stopped by ASHA")
-    ax.set_xlabel("epoch (training iteration)")
-    ax.set_ylabel(metric.replace("_", "/"))
-    ax.set_title(f"validation curves of {len(trials)} trials")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _fmt_config(cfg: dict) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(cfg.items()))
-
-
 def summary_table(report: dict, run_dir: Path) -> str:
     m = report["metrics"]["test"]
     best = report["best_trial"]
     rows = [
         ("data", report["data"]["source"] + (" (SYNTHETIC)" if report["data"]["synthetic"] else "")),
-        ("best config", _fmt_config(best["config"])),
+        ("best config", fmt_config(best["config"])),
         (
             "best trial",
             f"{best['trial_id']} ({report['search']['metric']} {best['best_value']:.4f} at epoch "
@@ -212,7 +135,7 @@ def render_markdown(report: dict, trials: list[dict]) -> str:
         f"ASHA on {s['metric']} (max {s['scheduler']['max_t']} epochs, grace period {s['scheduler']['grace_period']}, "
         f"reduction factor {s['scheduler']['reduction_factor']}), {s['num_samples']} samples, seed {s['seed']}, "
         f"{s['wall_time_s']:.0f} s. Best trial `{report['best_trial']['trial_id']}`: "
-        f"{_fmt_config(report['best_trial']['config'])}; refit for {report['config']['max_epochs']} epochs.",
+        f"{fmt_config(report['best_trial']['config'])}; refit for {report['config']['max_epochs']} epochs.",
         "",
         "| trial | status | epochs | best | at epoch | config |",
         "|---|---|---|---|---|---|",
@@ -221,9 +144,43 @@ def render_markdown(report: dict, trials: list[dict]) -> str:
         best = f"{t['best_value']:.4f}" if t["best_value"] is not None else "-"
         lines.append(
             f"| {t['trial_id']} | {t['status']} | {t['iterations']} | {best} | {t['best_iteration'] or '-'} "
-            f"| {_fmt_config(t['config'])} |"
+            f"| {fmt_config(t['config'])} |"
         )
     if s["failed_trials"]:
         lines += ["", "Failed trials:", *[f"- `{f['trial_id']}`: {f['error']}" for f in s["failed_trials"]]]
     lines += ["", "Plots: " + ", ".join(f"![{p}]({p})" for p in report["artifacts"]["plots"]), ""]
     return "\n".join(lines)
+
+
+def search_block(s: SearchSettings, trials: list[dict], seconds: float, *, images_per_epoch: int) -> dict:
+    statuses = [t["status"] for t in trials]
+    rates = sorted(images_per_epoch * t["iterations"] / t["time_s"] for t in trials if t["time_s"] > 0)
+    return {
+        "space": s.space,
+        "space_spec": s.spec(),
+        "scheduler": {
+            "name": "ASHA",
+            "time_attr": "training_iteration (epochs)",
+            "max_t": s.max_epochs,
+            "grace_period": s.grace_period,
+            "reduction_factor": s.reduction_factor,
+        },
+        "metric": s.metric,
+        "num_samples": s.num_samples,
+        "seed": s.seed,
+        "resources_per_trial": {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial},
+        "trials": {
+            "total": len(trials),
+            "terminated": statuses.count("TERMINATED"),
+            "error": statuses.count("ERROR"),
+            "stopped_early": sum(
+                t["iterations"] < s.max_epochs and t["status"] == "TERMINATED" for t in trials
+            ),
+        },
+        "failed_trials": [{"trial_id": t["trial_id"], "error": t["error"]} for t in trials if t["error"]],
+        "wall_time_s": round(seconds, 2),
+        "trial_time_s_median": statistics.median([t["time_s"] for t in trials]) if trials else math.nan,
+        # images a trial pushes through per second, training and validation together, start-up included
+        "trial_images_per_s_median": round(statistics.median(rates), 1) if rates else math.nan,
+        "trials_per_hour": round(len(trials) / seconds * 3600, 1) if seconds > 0 else math.nan,
+    }

@@ -1,7 +1,10 @@
-"""Atomic file writes: a crash or an interruption leaves either the old file or the new one, never half."""
+"""Atomic file writes (a crash or an interruption leaves either the old file or the new one, never half), and
+the CSV text that runs write."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -30,3 +33,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def csv_text(rows: list[dict], fields: list[str]) -> str:
+    """``rows`` as CSV text with the header ``fields`` (``\\n`` line ends)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

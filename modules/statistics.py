@@ -1,24 +1,32 @@
-"""Reports: metrics with 95% intervals beside the majority baseline, versions, and the plots of a run."""
+"""Statistics of a classifier's predictions: every interval and metric that reports, cross-validation and the
+benchmarks print comes from here.
+
+Proportions get Wilson score intervals; ROC AUCs percentile bootstraps over images; cross-validated results a
+percentile bootstrap over whole duplicate groups (images of one group are not independent).
+"""
 
 from __future__ import annotations
 
-import csv
 import math
-import platform
 from collections.abc import Sequence
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+import numpy as np
+from sklearn.metrics import roc_auc_score
 
 Z95 = 1.959963984540054
+N_BOOT = 2000
+BINARY_SCORES = ("accuracy", "auroc", "sensitivity", "specificity")
+MULTI_SCORES = ("accuracy", "auroc_macro", "recall_macro")
 INTERVAL_METHOD = (
     "Wilson score (accuracy, sensitivity, specificity); percentile bootstrap, 2000 resamples (AUC)"
 )
+
+
+def percentile_interval(values: Sequence[float]) -> list[float]:
+    """The 2.5th and 97.5th percentiles of bootstrap ``values``; [nan, nan] when there are none."""
+    if len(values) == 0:
+        return [math.nan, math.nan]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> list[float]:
@@ -56,9 +64,7 @@ def bootstrap_auc_interval(
         if labels[idx].min() == labels[idx].max():
             continue
         values.append(rank_auc(labels[idx], probs[idx]))
-    if not values:
-        return [math.nan, math.nan]
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+    return percentile_interval(values)
 
 
 def binary_metrics(
@@ -104,16 +110,9 @@ def binary_metrics(
 MULTI_INTERVAL_METHOD = (
     "Wilson score (accuracy, per-class recall); percentile bootstrap, 2000 resamples (macro one-vs-rest AUC)"
 )
-BINARY_ONLY = (
-    "auroc",
-    "auroc_ci95",
-    "sensitivity",
-    "sensitivity_ci95",
-    "specificity",
-    "specificity_ci95",
-    "f1",
-    "threshold",
-)
+# fields of a two-class result that are None for more classes
+BINARY_ONLY = ("auroc", "auroc_ci95", "sensitivity", "sensitivity_ci95", "specificity", "specificity_ci95")
+BINARY_ONLY += ("f1", "threshold")
 
 
 def macro_ovr_auc(labels: np.ndarray, probs: np.ndarray, present: Sequence[int]) -> float:
@@ -135,9 +134,7 @@ def bootstrap_macro_auc_interval(
         if any(counts[k] == 0 or counts[k] == n for k in present):
             continue
         values.append(macro_ovr_auc(y, probs[idx], present))
-    if not values:
-        return [math.nan, math.nan]
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+    return percentile_interval(values)
 
 
 def classification_metrics(
@@ -247,168 +244,60 @@ def _general_metrics(
     }
 
 
-def versions() -> dict[str, str]:
-    import pytorch_lightning
-    import torch
-    import torchvision
-
-    out = {
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
-        "pytorch_lightning": str(pytorch_lightning.__version__),
+def scores(
+    probs: np.ndarray, y: np.ndarray, positive: int | None, threshold: float = 0.5
+) -> dict[str, float]:
+    """The headline metrics of class probabilities ``probs`` (n, N) against class indices ``y`` (nan where
+    undefined). Two classes (``positive`` given): accuracy, ROC AUC, sensitivity, specificity. More classes:
+    accuracy, macro one-vs-rest ROC AUC, macro recall."""
+    if positive is not None:
+        p = probs[:, positive]
+        pred = p >= threshold
+        pos = y == positive
+        neg = ~pos
+        return {
+            "accuracy": float((pred == pos).mean()) if len(y) else math.nan,
+            "auroc": rank_auc(pos.astype(int), p) if pos.any() and neg.any() else math.nan,
+            "sensitivity": float(pred[pos].mean()) if pos.any() else math.nan,
+            "specificity": float((~pred[neg]).mean()) if neg.any() else math.nan,
+        }
+    pred = probs.argmax(axis=1)
+    present = [c for c in range(probs.shape[1]) if (y == c).any()]
+    aucs = [rank_auc((y == c).astype(int), probs[:, c]) for c in present if (y != c).any()]
+    return {
+        "accuracy": float((pred == y).mean()) if len(y) else math.nan,
+        "auroc_macro": float(np.mean(aucs)) if aucs else math.nan,
+        "recall_macro": float(np.mean([(pred[y == c] == c).mean() for c in present]))
+        if present
+        else math.nan,
     }
-    try:
-        import ray
-
-        out["ray"] = str(ray.__version__)
-    except ImportError:  # pragma: no cover - ray is a dependency, but train/evaluate do not need it
-        out["ray"] = "not installed"
-    return out
 
 
-def fmt_ci(value: float, ci: Sequence[float], *, pct: bool = True) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if pct:
-        return f"{100 * value:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
-    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
-def is_binary(m: dict) -> bool:
-    """Whether a metrics dict holds two-class results (sensitivity and the rest), not N-class ones."""
-    return m.get("sensitivity") is not None
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
-
-
-def metric_rows(m: dict) -> list[tuple[str, str]]:
-    """(name, formatted value) of the metrics that apply, after accuracy and the majority baseline: ROC AUC,
-    sensitivity and specificity for two classes; macro AUC, recall, precision and per-class recall for N."""
-    if is_binary(m):
-        return [
-            ("ROC AUC", fmt_ci(m["auroc"], m["auroc_ci95"], pct=False)),
-            ("sensitivity", fmt_ci(m["sensitivity"], m["sensitivity_ci95"])),
-            ("specificity", fmt_ci(m["specificity"], m["specificity_ci95"])),
-        ]
-    rows = [
-        ("macro ROC AUC", fmt_ci(m["auroc_macro"], m["auroc_macro_ci95"], pct=False) + " (one-vs-rest)"),
-        ("macro recall", _pct(m["recall_macro"])),
-        ("macro precision", _pct(m["precision_macro"])),
-    ]
-    for name, c in m["per_class"].items():
-        recall = fmt_ci(c["recall"], c["recall_ci95"]) if c["n"] else "none in the labels"
-        precision = "never predicted" if math.isnan(c["precision"]) else f"precision {_pct(c['precision'])}"
-        rows.append((f"recall {name}", f"{recall}, {precision}  (n={c['n']})"))
-    return rows
-
-
-def summary_lines(m: dict) -> list[str]:
-    """A short human summary of a ``binary_metrics`` or ``classification_metrics`` dict."""
-    return [
-        f"test accuracy     {fmt_ci(m['accuracy'], m['accuracy_ci95'])}   (n={m['n']})",
-        f"majority baseline {100 * m['majority_baseline']:.1f}%",
-        *[f"{name:<17} {value}" for name, value in metric_rows(m)],
-    ]
-
-
-# ----------------------------------------------------------------------------- plots
-def read_epoch_metrics(metrics_csv: str | Path) -> dict[str, dict[int, float]]:
-    """Lightning's CSVLogger file -> {metric: {epoch: value}} (rows with empty cells merged by epoch)."""
-    out: dict[str, dict[int, float]] = {}
-    with open(metrics_csv, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if not row.get("epoch"):
-                continue
-            epoch = int(float(row["epoch"]))
-            for key, value in row.items():
-                if key in ("epoch", "step") or value in ("", None):
-                    continue
-                out.setdefault(key, {})[epoch] = float(value)
-    return out
-
-
-def plot_loss_curves(
-    metrics_csv: str | Path, path: str | Path, *, stage2_epoch: int | None = None, title: str = ""
-) -> Path:
-    series = read_epoch_metrics(metrics_csv)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, style in (("train/loss", "-o"), ("val/loss", "-s")):
-        if key in series:
-            epochs = sorted(series[key])
-            ax.plot([e + 1 for e in epochs], [series[key][e] for e in epochs], style, label=key, ms=3)
-    if stage2_epoch is not None and stage2_epoch > 0:
-        ax.axvline(stage2_epoch + 0.5, color="grey", ls="--", lw=1, label="stage 2 starts")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy")
-    ax.set_title(title or "loss curves")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_confusion(
-    matrix: list[list[int]], classes: Sequence[str], path: str | Path, *, title: str = ""
-) -> Path:
-    m = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(3.6, 3.2))
-    ax.imshow(m, cmap="Blues")
-    for (i, j), v in np.ndenumerate(m):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black")
-    ax.set_xticks(range(len(classes)), labels=list(classes))
-    ax.set_yticks(range(len(classes)), labels=list(classes))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title or "confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_roc(
-    probs: Sequence[float], labels: Sequence[int], path: str | Path, *, title: str = ""
-) -> Path | None:
-    y = np.asarray(labels)
-    if not 0 < y.sum() < len(y):
-        return None
-    fpr, tpr, _ = roc_curve(y, np.asarray(probs))
-    auc = roc_auc_score(y, probs)
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot(fpr, tpr, label=f"AUC = {auc:.3f}")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title(title or "ROC (test)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_roc_ovr(
-    probs: np.ndarray, labels: Sequence[int], classes: Sequence[str], path: str | Path, *, title: str = ""
-) -> Path | None:
-    """One-vs-rest ROC curve of every class present (N classes); None when fewer than two are present."""
-    y, p = np.asarray(labels), np.asarray(probs)
-    present = [k for k in range(len(classes)) if 0 < (y == k).sum() < len(y)]
-    if len(present) < 2:
-        return None
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for k in present:
-        fpr, tpr, _ = roc_curve(y == k, p[:, k])
-        ax.plot(fpr, tpr, label=f"{classes[k]} (AUC {rank_auc((y == k).astype(int), p[:, k]):.3f})")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    ax.set_xlabel("false positive rate (class vs rest)")
-    ax.set_ylabel("true positive rate (recall)")
-    ax.set_title(title or "one-vs-rest ROC (test)")
-    ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+def group_bootstrap(
+    probs: np.ndarray,
+    y: np.ndarray,
+    groups: list[str],
+    *,
+    positive: int | None = 1,
+    seed: int = 0,
+    n_boot: int = N_BOOT,
+) -> dict[str, list[float]]:
+    """95% percentile intervals of ``scores`` from resampling whole duplicate groups with replacement.
+    ``probs``: (n, N) class probabilities, or (n,) positive-class probabilities of a two-class problem."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim == 1:
+        probs = np.stack([1 - probs, probs], axis=1)
+    y = np.asarray(y)
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    blocks = [np.asarray(v) for _, v in sorted(members.items())]
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        idx = np.concatenate([blocks[j] for j in rng.integers(0, len(blocks), len(blocks))])
+        for k, v in scores(probs[idx], y[idx], positive).items():
+            values.setdefault(k, [])
+            if not math.isnan(v):
+                values[k].append(v)
+    return {k: percentile_interval(v) for k, v in values.items()}

@@ -11,16 +11,9 @@ from ray import tune
 from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
 from tuning import engine
-from tuning.engine import TrainConfig
-
-# Lightning metric name -> the name Tune reports and ranks on (mapped once, here)
-TUNE_METRICS = {
-    "val_loss": "val/loss",
-    "val_auroc": "val/auroc",
-    "val_acc": "val/acc",
-    "train_loss": "train/loss",
-}
-RANK_METRICS = {"val/loss": ("val_loss", "min"), "val/auroc": ("val_auroc", "max")}
+from tuning.backbone import cache_fits
+from tuning.cli import set_threads
+from tuning.config import TUNE_METRICS, TrainConfig
 
 
 class EpochReport(TuneReportCheckpointCallback):
@@ -58,13 +51,11 @@ def train_trial(config: dict, *, data, base: dict, backbone_state, cache=None) -
 
     With a ``FeatureCache`` that fits this config, only the part above the cut trains, on the cached outputs of
     the frozen layers (the same values the full network would compute); otherwise the plain path runs."""
-    from tuning.train import quiet_lightning
-
-    quiet_lightning()
+    engine.quiet_lightning()
     if isinstance(cache, SharedCache):
         cache = cache.get()
     cfg = TrainConfig.from_dict({**base, **config})
-    engine.apply_threads(cfg)
+    set_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     class_weights = engine.balanced_weights(data) if cfg.class_weights == "balanced" else None
     cached = cache is not None and cache_fits(cache, cfg)
@@ -84,13 +75,6 @@ def train_trial(config: dict, *, data, base: dict, backbone_state, cache=None) -
     )
     dm = engine.build_datamodule(cfg, data, cache=cache if cached else None)
     trainer.fit(module, datamodule=dm)
-
-
-def cache_fits(cache, cfg: TrainConfig) -> bool:
-    """Whether a cached trial computes what the plain one would: same preprocessing, a cut for its depth."""
-    if cfg.model != "resnet50" or cache.info.get("preprocessing") != cfg.preprocessing.to_dict():
-        return False
-    return cfg.stage2_epoch >= cfg.max_epochs or cfg.unfreeze_depth in cache.train_cut
 
 
 def trainable(data, base: dict, backbone_state, resources: dict, cache=None):

@@ -1,0 +1,104 @@
+"""The frozen backbone every trial of a search shares: its weights (read or drawn once, in the driver) and the
+feature cache of its outputs (computed once per experiment), with the rule for when a trial may train on it."""
+
+from __future__ import annotations
+
+import torch
+
+from modules.dataset import PreparedData
+from modules.feature_cache import FeatureCache, build_feature_cache
+from modules.networks import WeightsState, build_network, load_backbone_state, resolve_weights
+from tuning.config import TrainConfig
+from tuning.settings import SearchSettings, is_sampled, space_values
+
+
+def search_weights(spec: dict, s: SearchSettings) -> WeightsState | None:
+    """The ResNet50 backbone weights of a search (None for a CNN space). Random init (``--weights none``) is
+    drawn here, once, from ``s.seed``, so that the cache, every trial and the refit start from one backbone."""
+    model = spec.get("model", s.base.get("model", TrainConfig.model))
+    if model != "resnet50" and not isinstance(model, dict):  # a space may also choose the model
+        return None
+    state = resolve_weights(s.base.get("weights", "imagenet"))
+    if state.tensors is None:
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(s.seed)
+        backbone = build_network("resnet50", num_classes=2, weights="none").backbone
+        torch.random.set_rng_state(generator_state)
+        state = WeightsState(dict(backbone.state_dict()), f"none (random init, seed {s.seed})")
+    return state
+
+
+def cache_fits(cache: FeatureCache, cfg: TrainConfig) -> bool:
+    """Whether a cached run computes what the plain one would: same preprocessing, a cut for its depth."""
+    if cfg.model != "resnet50" or cache.info.get("preprocessing") != cfg.preprocessing.to_dict():
+        return False
+    return cfg.stage2_epoch >= cfg.max_epochs or cfg.unfreeze_depth in cache.train_cut
+
+
+def build_cache(
+    s: SearchSettings,
+    spec: dict,
+    data: PreparedData,
+    weights: WeightsState | None,
+    *,
+    every_image: bool = False,
+) -> FeatureCache | None:
+    """The feature cache for a ResNet50 space (once per experiment, on the GPU when there is one), or None.
+
+    ``every_image``: training views and the evaluation view of every image (a cross-validation: each image
+    is trained on in some folds and tested in one)."""
+    models = space_values(spec, "model", s.base.get("model", TrainConfig.model))
+    if not s.cache or models != ["resnet50"]:
+        return None
+    # the space's constants (e.g. crop, jitter) are part of every trial's preprocessing: the cache must match
+    constants = {k: v for k, v in spec.items() if not is_sampled(v)}
+    base = TrainConfig.from_dict({**s.base, **constants, "max_epochs": s.max_epochs})
+    starts = space_values(spec, "stage2_epoch", base.stage2_epoch)
+    unfreezes = any(
+        not isinstance(v, int) or v < s.max_epochs for v in starts
+    )  # a sampled range may unfreeze
+    depths = set(space_values(spec, "unfreeze_depth", base.unfreeze_depth)) if unfreezes else set()
+    network = build_network("resnet50", num_classes=len(data.images.classes), weights="none")
+    if weights is not None and weights.tensors is not None:
+        load_backbone_state(network, weights.tensors, weights.description)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    td = data.trial_data()
+    everything = [True] * len(td.splits) if every_image else None
+    cache = build_feature_cache(
+        network,
+        td.images,
+        td.targets,
+        td.splits,
+        preprocessing=base.preprocessing,
+        depths=depths,
+        views=s.cache_views,
+        seed=s.seed,
+        device=device,
+        max_bytes=int(s.cache_max_gb * 1e9),
+        precision=s.cache_precision,
+        train_on=everything,
+        evaluate_on=everything,
+    )
+    cache.info["preprocessing"] = base.preprocessing.to_dict()
+    cuts = f", cuts for unfreeze depth {list(cache.depths)}" if cache.depths else ""
+    print(
+        f"feature cache: {cache.nbytes / 1e6:.1f} MB (float16, computed in {s.cache_precision}; {s.cache_views} "
+        f"views per training image; pooled features{cuts}), built once in {cache.build_seconds:.1f} s on "
+        f"{device}; shared through Ray's object store"
+    )
+    return cache
+
+
+def cache_summary(cache: FeatureCache | None, trials_on_cache: int = 0) -> dict:
+    """The ``search.cache`` block of a report."""
+    if cache is None:
+        return {"enabled": False}
+    return {
+        "enabled": True,
+        "views": cache.views,
+        "depths": list(cache.depths),
+        "megabytes": round(cache.nbytes / 1e6, 1),
+        "build_s": round(cache.build_seconds, 2),
+        "precision": cache.info.get("precision"),
+        "trials_on_cache": trials_on_cache,
+    }

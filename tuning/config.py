@@ -1,0 +1,153 @@
+"""``TrainConfig``: the one typed form of a run's hyperparameters.
+
+The search turns Ray's config dict into a ``TrainConfig`` in exactly one place (the trainable); checkpoints and
+reports store it as a plain dict. Each field's metadata is its command-line flag (``tuning.flags``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+
+from modules.transforms import Preprocessing
+from tuning.flags import option
+
+MODELS = ("cnn", "resnet50")
+MONITORS = {"val/loss": "min", "val/auroc": "max", "val/acc": "max"}
+# Lightning metric name -> the name Tune reports and ranks on (mapped once, here)
+TUNE_METRICS = {
+    "val_loss": "val/loss",
+    "val_auroc": "val/auroc",
+    "val_acc": "val/acc",
+    "train_loss": "train/loss",
+}
+RANK_METRICS = {"val/loss": ("val_loss", "min"), "val/auroc": ("val_auroc", "max")}
+PRECISIONS = ("auto", "32-true", "bf16-mixed")
+PRECISION_HELP = (
+    "auto (bf16-mixed on a GPU or a CPU with bf16 instructions, else 32-true), 32-true or bf16-mixed"
+)
+TRAINING = "model and training"
+
+
+def hp(default, help: str, **kwargs):
+    """A hyperparameter field with its flag's help."""
+    return field(default=default, metadata=option(help, group=TRAINING, **kwargs))
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training run. Units: learning rates per step, epochs counted from 0."""
+
+    model: str = hp("resnet50", "network: cnn or resnet50")
+    weights: str = hp(
+        "imagenet", "resnet50 weights: imagenet (torchvision cache/download), a state_dict file, or none"
+    )
+    lr: float = hp(1e-3, "learning rate of the head (resnet50) or the whole network (cnn)")
+    backbone_lr: float = hp(1e-4, "learning rate of the unfrozen resnet50 stages, from stage2_epoch on")
+    dropout: float = hp(0.3, "dropout before the final linear layer")
+    weight_decay: float = hp(1e-4, "weight decay")
+    optimizer: str = hp("adamw", "optimizer: adamw or sgd")
+    scheduler: str = hp("none", "learning-rate schedule: none or cosine")
+    stage2_epoch: int = hp(5, "resnet50: first epoch (from 0) with unfrozen stages; >= max-epochs: never")
+    unfreeze_depth: int = hp(1, "resnet50 stages to unfreeze: 1 = layer4 ... 4 = all")
+    freeze_bn_stats: bool = hp(True, "keep the batch-norm running statistics of unfrozen stages")
+    label_smoothing: float = hp(0.0, "label smoothing of the cross-entropy")
+    class_weights: str = hp("none", "none, or balanced (inverse class frequency of the training split)")
+    cnn_width: int = hp(32, "cnn: channels of the first block")
+    cnn_depth: int = hp(4, "cnn: conv blocks")
+    cnn_fc_hidden: int = hp(128, "cnn: units of the hidden fully connected layer")
+    batch_size: int = hp(16, "images per batch")
+    max_epochs: int = hp(10, "epochs")
+    patience: int = hp(5, "early stopping: epochs without improvement of --monitor")
+    monitor: str = hp(
+        "val/loss", "validation metric that picks the best epoch: val/loss, val/auroc or val/acc"
+    )
+    image_size: int = hp(224, "network input side in px")
+    resize: int = hp(256, "side in px the image is resized to before cropping")
+    rotation: float = hp(10.0, "maximum random rotation in degrees (training only)")
+    crop: str = hp("none", "none, or brain: cut each scan to the head's bounding box before resizing")
+    intensity: float = hp(0.0, "training brightness/contrast jitter: factors within 1 +- this")
+    scale: float = hp(0.0, "training zoom jitter: factors within 1 +- this")
+    seed: int = hp(0, "seed of the weights' initialisation and the data order")
+    precision: str = hp("auto", PRECISION_HELP)
+    threads: int = hp(0, "torch CPU threads (0: torch's default)")
+    num_workers: int = hp(0, "data-loader workers (images are already decoded in memory)")
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
+        if self.monitor not in MONITORS:
+            raise ValueError(f"unknown monitor {self.monitor!r}; expected one of {', '.join(MONITORS)}")
+        if self.max_epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError(
+                f"max_epochs, batch_size and patience must be >= 1, got {self.max_epochs}, "
+                f"{self.batch_size}, {self.patience}"
+            )
+        if self.class_weights not in ("none", "balanced"):
+            raise ValueError(f"class_weights must be 'none' or 'balanced', got {self.class_weights!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be auto, 32-true or bf16-mixed, got {self.precision!r}")
+        checks = [
+            ("lr", self.lr > 0, "> 0"),
+            ("backbone_lr", self.backbone_lr > 0, "> 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("dropout", 0 <= self.dropout < 1, "within [0, 1)"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "within [0, 1)"),
+            ("stage2_epoch", self.stage2_epoch >= 0, ">= 0"),
+            ("unfreeze_depth", 1 <= self.unfreeze_depth <= 4, "within 1..4"),
+            ("cnn_width", self.cnn_width >= 1, ">= 1"),
+            ("cnn_depth", 1 <= self.cnn_depth <= 8, "within 1..8"),
+            ("cnn_fc_hidden", self.cnn_fc_hidden >= 1, ">= 1"),
+            ("threads", self.threads >= 0, ">= 0"),
+            ("num_workers", self.num_workers >= 0, ">= 0"),
+            ("optimizer", self.optimizer in ("adamw", "sgd"), "adamw or sgd"),
+            ("scheduler", self.scheduler in ("none", "cosine"), "none or cosine"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+        self.preprocessing  # noqa: B018 - validates image_size, resize and rotation
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Build from a dict, refusing unknown keys (a typo in a search space must not pass silently)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {unknown}; expected some of {sorted(names)}")
+        return cls(**{f.name: coerce(f, d[f.name]) for f in fields(cls) if f.name in d})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(
+            image_size=self.image_size,
+            resize=self.resize,
+            rotation=self.rotation,
+            crop=self.crop,
+            intensity=self.intensity,
+            scale=self.scale,
+        )
+
+    @property
+    def monitor_mode(self) -> str:
+        return MONITORS[self.monitor]
+
+
+FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}  # name -> "int" / "float" / "str" / "bool"
+
+
+def coerce(f: dataclasses.Field, value):
+    """Ray samples numpy scalars and ints for floats; store plain Python values of the declared type."""
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "int":
+        if float(value) != int(value):
+            raise ValueError(f"{f.name} must be an integer, got {value!r}")
+        return int(value)
+    if kind == "float":
+        return float(value)
+    if kind == "bool":
+        return bool(value)
+    return str(value)

@@ -1,0 +1,37 @@
+"""``DataOptions``: which images a run reads and how they are split, shared by the commands that read a set.
+
+Kept apart from ``TrainConfig`` so that ``python -m tuning.data`` reads its flags without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tuning.flags import option
+
+DATA = "data"
+POSITIVE_CLASS_HELP = (
+    "two-class sets: the class that sensitivity, specificity and the ROC refer to (yes when there is a yes/, "
+    "else required); not allowed for more classes (scored one-vs-rest)"
+)
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Which images a run reads and how they are split; shared by ``tuning.train`` and ``tuning.search``."""
+
+    data: str | None = field(
+        default=None,
+        metadata=option(
+            "folder with one sub-folder per class (e.g. yes/ and no/) or a .zip of one",
+            group=DATA,
+            default_text="the built-in phantom set",
+        ),
+    )
+    positive_class: str | None = field(
+        default=None, metadata=option(POSITIVE_CLASS_HELP, group=DATA, metavar="NAME", default_text="yes")
+    )
+    split_seed: int = field(default=0, metadata=option("seed of the grouped split", group=DATA))
+    strict: bool = field(
+        default=False, metadata=option("refuse bad image files instead of skipping them", group=DATA)
+    )

@@ -1,0 +1,235 @@
+"""Score a saved model on another labelled set (``python -m tuning.evaluate``), optionally leaving out the
+images that are copies of another set (e.g. its training data)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from modules.checkpoint import (
+    decide_labels,
+    eval_transform,
+    load_classifier,
+    model_info,
+    positive_index,
+    predict_probabilities,
+)
+from modules.duplicates import DEFAULT_THRESHOLD, group_duplicates
+from modules.files import atomic_write_json, atomic_write_text
+from modules.ingest import ImageSet, display_path, load_image_set
+from modules.statistics import classification_metrics
+from tuning.formatting import summary_lines
+from tuning.plots import plot_confusion, plot_roc, plot_roc_ovr
+from tuning.provenance import versions
+
+
+def copies_of(images: ImageSet, reference: ImageSet, *, threshold: float = DEFAULT_THRESHOLD) -> list[dict]:
+    """The images of ``images`` that are exact or near copies of some image of ``reference``.
+
+    Duplicate groups are built over the union of both sets (``modules.duplicates.group_duplicates``); an image
+    is a copy when its group holds any image of ``reference``. Returns one dict per copy, in ``images`` order:
+    ``index``, ``path``, ``label``, ``kind`` ("exact" when its bytes equal a reference file's, else "near")
+    and ``copy_of`` (the reference paths in its group).
+    """
+    recs, refs = images.records, reference.records
+    dups = group_duplicates(
+        [r.sha256 for r in recs] + [r.sha256 for r in refs],
+        [r.pixels for r in recs] + [r.pixels for r in refs],
+        [r.label for r in recs] + [r.label for r in refs],
+        threshold=threshold,
+    )
+    ref_paths: dict[str, list[str]] = {}
+    for r, g in zip(refs, dups.group[len(recs) :], strict=True):
+        ref_paths.setdefault(g, []).append(display_path(r.path))
+    ref_hashes = {r.sha256 for r in refs}
+    out = []
+    for i, (r, g) in enumerate(zip(recs, dups.group[: len(recs)], strict=True)):
+        if g in ref_paths:
+            kind = "exact" if r.sha256 in ref_hashes else "near"
+            out.append(
+                {
+                    "index": i,
+                    "path": display_path(r.path),
+                    "label": r.label,
+                    "kind": kind,
+                    "copy_of": ref_paths[g],
+                }
+            )
+    return out
+
+
+def exclude_copies(
+    images: ImageSet,
+    reference_path: str | Path,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[list[int], dict]:
+    """Indices of the images of ``images`` to keep (those that are no copy of an image of the set at
+    ``reference_path``) and the ``exclusion`` block of the report. Raises ``ValueError`` when none is left."""
+    reference = load_image_set(
+        reference_path,
+        classes=images.classes,
+        warn=None if warn is None else (lambda m: warn(f"reference set: {m}")),
+    )
+    copies = copies_of(images, reference, threshold=threshold)
+    dropped = {c["index"] for c in copies}
+    keep = [i for i in range(len(images.records)) if i not in dropped]
+    if not keep:
+        raise ValueError(
+            f"{images.source}: all {len(images.records)} images are copies of images of {reference_path}; "
+            "nothing is left to evaluate"
+        )
+    return keep, {
+        "reference": str(reference_path),
+        "reference_fingerprint": reference.fingerprint,
+        "reference_files": len(reference.records),
+        "near_threshold": threshold,
+        "excluded": len(copies),
+        "exact": sum(c["kind"] == "exact" for c in copies),
+        "near": sum(c["kind"] == "near" for c in copies),
+        "files": [{k: v for k, v in c.items() if k != "index"} for c in copies],
+    }
+
+
+def _predictions_csv(
+    paths: list[str], labels: list[str], probs_all: np.ndarray, pred: list[str], classes: list[str], pos
+) -> str:
+    """One row per image: path, true label, the positive class's probability (``probability``, two classes
+    only, empty otherwise), the predicted class and ``prob_<class>`` for every class."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label", "probability", "predicted", *[f"prob_{c}" for c in classes]])
+    for path, label, row, predicted in zip(paths, labels, probs_all, pred, strict=True):
+        positive = "" if pos is None else f"{row[pos]:.6f}"
+        writer.writerow([path, label, positive, predicted, *[f"{p:.6f}" for p in row]])
+    return buf.getvalue()
+
+
+def run_evaluation(
+    checkpoint: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    strict: bool = False,
+    exclude_duplicates_of: str | Path | None = None,
+    near_threshold: float = DEFAULT_THRESHOLD,
+    threshold: float = 0.5,
+    batch_size: int = 32,
+    command: str = "",
+    warn: Callable[[str], None] | None = None,
+) -> dict:
+    """Score ``checkpoint`` on the labelled set ``data``, write the report folder; returns the report."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+    network, meta = load_classifier(checkpoint)
+    classes, positive = list(meta["classes"]), meta["positive_class"]
+    images = load_image_set(data, classes=classes, strict=strict, warn=warn)
+    notes = []
+    if images.fingerprint == (meta.get("data") or {}).get("fingerprint"):
+        notes.append(
+            "this is the data set the model was trained on (all of its splits, training images included): "
+            "these scores are optimistic, not a test result"
+        )
+    keep, exclusion = list(range(len(images.records))), None
+    if exclude_duplicates_of is not None:
+        keep, exclusion = exclude_copies(images, exclude_duplicates_of, threshold=near_threshold, warn=warn)
+    recs = [images.records[i] for i in keep]
+    probs_all = predict_probabilities(
+        network, [r.pixels for r in recs], eval_transform(meta), batch_size=batch_size
+    )
+    pos = positive_index(meta)
+    y = np.array([classes.index(r.label) for r in recs], dtype=np.int64)
+    counts = Counter(r.label for r in recs)
+    majority = max(classes, key=lambda c: (counts[c], c == positive, -classes.index(c)))
+    test = classification_metrics(
+        probs_all,
+        y,
+        classes,
+        positive=pos,
+        majority_baseline=counts[majority] / len(recs),
+        threshold=threshold,
+    )
+    test["majority_baseline_class"] = majority
+    test["majority_baseline_of"] = (
+        f"the evaluated set: the share of its majority class '{majority}' (always predicting '{majority}')"
+    )
+    pred = decide_labels(probs_all, meta, threshold=threshold)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        out / "predictions.csv",
+        _predictions_csv(
+            [display_path(r.path) for r in recs], [r.label for r in recs], probs_all, pred, classes, pos
+        ),
+    )
+    plots = [
+        plot_confusion(
+            test["confusion_matrix"],
+            test["confusion_labels"],
+            out / "confusion_matrix.png",
+            title="confusion matrix",
+        ),
+        plot_roc(probs_all[:, pos], y == pos, out / "roc.png", title="ROC (evaluated set)")
+        if pos is not None
+        else plot_roc_ovr(probs_all, y, classes, out / "roc.png", title="one-vs-rest ROC (evaluated set)"),
+    ]
+    report = {
+        "kind": "evaluate",
+        "command": command,
+        "data": {
+            "source": images.source,
+            "fingerprint": images.fingerprint,
+            "synthetic": bool(notes and (meta.get("data") or {}).get("synthetic")),
+            "files": len(images.records),
+            "classes": images.class_counts(),
+            "skipped": len(images.skipped),
+            "skipped_files": [{"path": display_path(s.path), "reason": s.reason} for s in images.skipped],
+            "excluded": 0 if exclusion is None else exclusion["excluded"],
+            "evaluated": len(recs),
+            "evaluated_classes": {c: counts.get(c, 0) for c in classes},
+        },
+        "model": model_info(meta),
+        "config": meta.get("config"),
+        "metrics": {"test": test},
+        "exclusion": exclusion,
+        "notes": notes,
+        "versions": versions(),
+        "artifacts": {
+            "checkpoint": str(checkpoint),
+            "predictions": "predictions.csv",
+            "plots": [p.name for p in plots if p is not None],
+        },
+    }
+    atomic_write_json(out / "report.json", report)
+    return report
+
+
+def evaluation_summary(report: dict, out: Path) -> str:
+    """What ``tuning.evaluate`` prints: the model, the data scored, the metrics beside their baseline."""
+    d, m, model = report["data"], report["metrics"]["test"], report["model"]
+    trained = (model["trained_on"] or {}).get("source", "unknown data")
+    counts = ", ".join(f"{c}: {n}" for c, n in d["evaluated_classes"].items())
+    scored = f"data: {d['source']}: {d['evaluated']} images scored ({counts}); {d['skipped']} skipped"
+    exclusion = report["exclusion"]
+    if exclusion is not None:
+        scored += (
+            f", {exclusion['excluded']} excluded as copies of {exclusion['reference']} "
+            f"({exclusion['exact']} exact, {exclusion['near']} near)"
+        )
+    return "\n".join(
+        [
+            f"\nmodel: {model['model']} from {model['checkpoint']} (trained on {trained})",
+            scored,
+            *[f"note: {note}" for note in report["notes"]],
+            "\n".join(summary_lines(m)).replace("test accuracy", "accuracy     ", 1),
+            f"  (majority baseline: {m['majority_baseline_of']})",
+            f"written: {out}/report.json, predictions.csv, " + ", ".join(report["artifacts"]["plots"]),
+        ]
+    )

@@ -1,0 +1,77 @@
+"""A search from start to end: the data, the backbone and its cache once, then one search on one split (or a
+cross-validation, ``tuning.cv``), the refit and the report. ``run_search`` is what ``python -m tuning.search``
+calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from modules.dataset import resolve_data
+from modules.files import atomic_write_json, atomic_write_text
+from tuning.backbone import build_cache, search_weights
+from tuning.cli import warn
+from tuning.cv import run_cv
+from tuning.ray_runtime import share_cache
+from tuning.settings import SearchSettings, save_settings
+from tuning.split_search import search_split
+
+LEAKY_WARNING = (
+    "--split random: files are split one by one, so duplicates of one scan can sit in train and test. This "
+    "result is LEAKY and inflated; it exists only to show by how much. Publish the grouped result"
+)
+
+
+def check_gpus(s: SearchSettings) -> None:
+    """A local search cannot ask for more GPUs per trial than this machine has (a cluster may have them)."""
+    if s.address:
+        return
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if s.gpus_per_trial > gpus:
+        raise ValueError(
+            f"--gpus-per-trial {s.gpus_per_trial} but this machine has {gpus} GPU(s); "
+            "lower it, or join a cluster with GPUs through --address"
+        )
+
+
+def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
+    """Run (or ``resume``) the search ``s`` into ``s.run_dir``; returns its report, None when every trial failed."""
+    check_gpus(s)
+    for message in s.warnings():
+        warn(message)
+    run_dir = Path(s.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = resolve_data(
+        s.data, seed=s.split_seed, strict=s.strict, positive_class=s.positive_class, warn=warn, split=s.split
+    )
+    if data.leaky:
+        warn(LEAKY_WARNING)
+    saved = run_dir / "search.json"
+    if resume:
+        previous = json.loads(saved.read_text()).get("data_fingerprint")
+        if previous and previous != data.images.fingerprint:
+            raise ValueError(
+                f"--resume: the data at {s.data or 'the phantom set'} changed since the search started "
+                f"(fingerprint {data.images.fingerprint[:12]}, was {previous[:12]})"
+            )
+        # report.md is written last, after the final report.json (the refit writes an earlier report.json)
+        if (run_dir / "report.json").is_file() and (run_dir / "report.md").is_file():
+            print(f"{run_dir} is complete already (report.json and report.md exist); nothing to resume")
+            return json.loads((run_dir / "report.json").read_text())
+    else:
+        atomic_write_json(saved, save_settings(s, data.images.fingerprint))
+    spec = s.spec()
+    weights = search_weights(spec, s)
+    if s.cv:
+        return run_cv(s, data, spec, weights, resume=resume)
+    atomic_write_text(run_dir / "split.csv", data.split_csv())
+    print(
+        f"data: {data.images.source}{' (SYNTHETIC phantom set)' if data.synthetic else ''}: "
+        f"{len(data.images.records)} images {data.images.class_counts()}, "
+        f"split {', '.join(f'{k} {data.splits.count(k)}' for k in ('train', 'val', 'test'))}"
+        f"{' (LEAKY random split)' if data.leaky else ''}"
+    )
+    cache = share_cache(s, build_cache(s, spec, data, weights))
+    return search_split(s, data, spec, weights, cache, resume=resume)

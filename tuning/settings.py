@@ -1,0 +1,266 @@
+"""``SearchSettings``: everything that defines a search, frozen and validated where it is built.
+
+Saved as ``search.json`` so that ``--resume`` repeats a search exactly. Each field's metadata is its flag of
+``python -m tuning.search`` (``tuning.flags``); ``settings_from_flags`` turns the parsed flags into settings.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+
+from modules.dataset import SPLIT_MODES
+from modules.feature_cache import CACHE_PRECISIONS
+from search_spaces import SpaceError, bounds, get_spec, validate_spec
+from tuning.config import FIELD_TYPES, RANK_METRICS, TrainConfig
+from tuning.data_options import DataOptions
+from tuning.flags import option
+
+LOCALHOSTS = ("127.0.0.1", "localhost", "::1")
+# the TrainConfig fields that search takes as flags of their own; any other is given with --set KEY=VALUE
+MODEL_FLAGS = ["weights", "image_size", "resize", "batch_size", "precision"]
+TUNING, SPEED, CLUSTER, OUTPUT = "tuning", "speed", "resources and cluster", "output"
+
+
+def setting(default, help: str, group: str, **kwargs):
+    return field(default=default, metadata=option(help, group=group, **kwargs))
+
+
+@dataclass(frozen=True)
+class SearchSettings(DataOptions):
+    """The search; ``base`` holds the TrainConfig values the space does not sample."""
+
+    split: str = setting(
+        "grouped",
+        "grouped: duplicate groups never straddle splits; random: file by file, LEAKY, only to show how much "
+        "duplicates inflate a result",
+        "data",
+        choices=list(SPLIT_MODES),
+    )
+    cv: int = setting(
+        0,
+        "nested K-fold cross-validation: each fold in turn is the test set of a search and refit on the other "
+        "folds; the report pools the K out-of-fold predictions (0: one train/val/test split)",
+        "data",
+        metavar="K",
+    )
+    space: str = setting("resnet_stage2", "baseline_cnn, resnet_stage1, resnet_stage2 or a JSON file", TUNING)
+    num_samples: int = setting(8, "trials", TUNING)
+    max_epochs: int = setting(8, "epochs per trial, ASHA's max_t", TUNING)
+    grace_period: int = setting(4, "ASHA's first rung, epochs", TUNING)
+    reduction_factor: int = setting(2, "ASHA's reduction factor", TUNING)
+    metric: str = setting("val/loss", "ranking metric", TUNING, choices=list(RANK_METRICS))
+    seed: int = setting(0, "seed of the sampler and of every trial", TUNING)
+    max_failures: int = setting(1, "retries of a failing trial", TUNING)
+    ensemble: int = setting(
+        1,
+        "refit the N best trials and test the mean of their class probabilities (1: the best trial alone)",
+        TUNING,
+        metavar="N",
+    )
+    allow_early_rung: bool = setting(False, "only warn when ASHA's first rung precedes stage 2", TUNING)
+    cache: bool = setting(
+        True,
+        "share the frozen backbone's outputs between trials (resnet50 spaces); --no-cache recomputes them in "
+        "every trial (the reference path)",
+        SPEED,
+    )
+    cache_views: int = setting(4, "augmented views per training image in the feature cache", SPEED)
+    cache_max_gb: float = setting(4.0, "refuse a feature cache larger than this, in GB", SPEED)
+    cache_precision: str = setting(
+        "bf16",
+        "arithmetic of the frozen backbone when the cache is built: bf16 autocast (about 2x faster on CPUs "
+        "with bf16 support and GPUs) or 32 (float32)",
+        SPEED,
+        choices=list(CACHE_PRECISIONS),
+    )
+    cpus_per_trial: float = setting(1.0, "CPUs per trial; also its torch threads", CLUSTER)
+    gpus_per_trial: float = setting(0.0, "GPUs per trial, fractions allowed", CLUSTER)
+    max_concurrent: int = setting(0, "trials at once (0: as resources allow)", CLUSTER)
+    address: str | None = setting(
+        None, "join this Ray cluster, e.g. auto", CLUSTER, default_text="$RAY_ADDRESS, else start a local Ray"
+    )
+    dashboard_host: str = setting("127.0.0.1", "interface the local dashboard binds to", CLUSTER)
+    dashboard_port: int = setting(8265, "dashboard port", CLUSTER)
+    dashboard: bool = setting(True, "start the local Ray with its dashboard", CLUSTER)
+    storage: str | None = setting(
+        None, "Ray Tune storage: a shared path or cloud URI", OUTPUT, default_text="<run folder>/ray"
+    )
+    run_dir: str = setting(
+        "", "run folder (must not exist)", OUTPUT, flag="--out", default_text="results/<space>-<timestamp>/"
+    )
+    base: dict = field(default_factory=dict)  # TrainConfig values the space does not sample
+    overrides: list = field(default_factory=list)  # keys given with --set: they replace a space's constants
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        validate_spec(get_spec(self.space), FIELD_TYPES)
+        spec = self.spec()
+        for corner in (0, 1):  # every numeric entry at both ends must make a valid TrainConfig
+            values = {k: (bounds(v)[corner] if bounds(v) else first_value(v)) for k, v in spec.items()}
+            try:
+                TrainConfig.from_dict({**self.base, **values, "max_epochs": self.max_epochs})
+            except ValueError as exc:
+                raise SpaceError(
+                    f"space {self.space!r} at its {('low', 'high')[corner]} bounds: {exc}"
+                ) from None
+        early = self.early_rung()
+        if early and not self.allow_early_rung:
+            raise ValueError(early + ", or pass --allow-early-rung to accept it")
+
+    @property
+    def rank(self) -> tuple[str, str]:
+        """(Lightning metric name, "min" or "max") that ranks trials."""
+        return RANK_METRICS[self.metric]
+
+    def spec(self) -> dict:
+        """The space as this search runs it: its constants that ``--set`` names are replaced by the --set value
+        (they leave the space and stay in ``base``); sampled entries always come from the space."""
+        spec = get_spec(self.space)
+        for key in self.overrides:
+            if key in spec and not is_sampled(spec[key]):
+                del spec[key]
+        return spec
+
+    def early_rung(self) -> str | None:
+        """Why ASHA's first comparison (after ``grace_period`` epochs) comes before stage 2 has begun in
+        every trial, or None when it does not."""
+        spec = self.spec()
+        model = spec.get("model", self.base.get("model"))
+        stage2 = bounds(spec.get("stage2_epoch", self.base.get("stage2_epoch", TrainConfig.stage2_epoch)))
+        if model != "resnet50" or stage2 is None or stage2[1] >= self.max_epochs:
+            return None
+        latest = int(stage2[1])
+        if self.grace_period > latest:
+            return None
+        return (
+            f"ASHA's first rung (after --grace-period {self.grace_period} epochs) comes before stage 2 has trained "
+            f"for an epoch in every trial (stage2_epoch up to {latest}, counted from 0): trials would be stopped "
+            f"on stage-1 results alone. Use --grace-period >= {latest + 1}"
+        )
+
+    def warnings(self) -> list[str]:
+        """What the user should hear before the search starts (said once per search, not per fold)."""
+        out = []
+        clash = sorted(set(self.spec()) & set(self.base) - {"model"})
+        if clash:
+            out.append(f"the space samples {clash}; the command-line values for them are ignored")
+        early = self.early_rung()
+        if early:
+            out.append(early)
+        return out
+
+
+def check_ranges(s: SearchSettings) -> None:
+    """The settings' own bounds; a ``ValueError`` names the flag, what it got and what it needs."""
+    checks = [
+        (s.num_samples >= 1, f"--num-samples must be >= 1, got {s.num_samples}"),
+        (
+            1 <= s.ensemble <= s.num_samples,
+            f"--ensemble must be within 1..--num-samples ({s.num_samples}), got {s.ensemble}",
+        ),
+        (s.cv == 0 or s.cv >= 2, f"--cv must be 0 (one split) or a number of folds >= 2, got {s.cv}"),
+        (s.split in SPLIT_MODES, f"--split must be grouped or random, got {s.split!r}"),
+        (s.max_epochs >= 1, f"--max-epochs must be >= 1, got {s.max_epochs}"),
+        (
+            1 <= s.grace_period <= s.max_epochs,
+            f"--grace-period must be within 1..--max-epochs ({s.max_epochs}), got {s.grace_period}",
+        ),
+        (s.reduction_factor >= 2, f"--reduction-factor must be >= 2, got {s.reduction_factor}"),
+        (
+            s.cpus_per_trial > 0 and s.gpus_per_trial >= 0,
+            f"need --cpus-per-trial > 0 and --gpus-per-trial >= 0, got {s.cpus_per_trial}, {s.gpus_per_trial}",
+        ),
+        (
+            s.max_concurrent >= 0 and s.max_failures >= 0,
+            f"--max-concurrent and --max-failures must be >= 0, got {s.max_concurrent}, {s.max_failures}",
+        ),
+        (
+            s.cache_precision in CACHE_PRECISIONS,
+            f"--cache-precision must be 32 or bf16, got {s.cache_precision!r}",
+        ),
+        (
+            s.cache_views >= 1 and s.cache_max_gb > 0,
+            f"need --cache-views >= 1 and --cache-max-gb > 0, got {s.cache_views}, {s.cache_max_gb}",
+        ),
+        (s.metric in RANK_METRICS, f"--metric must be val/loss or val/auroc, got {s.metric}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def is_sampled(value) -> bool:
+    """Whether a space entry is a sampler (a one-key dict such as ``{"choice": [...]}``), not a constant."""
+    return isinstance(value, dict) and len(value) == 1
+
+
+def first_value(v):
+    return v["choice"][0] if isinstance(v, dict) and "choice" in v else v
+
+
+def space_values(spec: dict, key: str, default) -> list:
+    """The values an entry of a space can take (a constant, a choice, or the default when absent)."""
+    v = spec.get(key, default)
+    return list(v["choice"]) if isinstance(v, dict) and "choice" in v else [v]
+
+
+def parse_set(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items as typed TrainConfig values."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in FIELD_TYPES:
+            raise ValueError(
+                f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(FIELD_TYPES))}"
+            )
+        kind = FIELD_TYPES[key]
+        parse = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(
+            kind, str
+        )
+        try:
+            out[key] = parse(value)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: {key} must be of type {kind}") from None
+    return out
+
+
+def settings_from_flags(values: dict, model: dict, set_items: list[str], argv: list[str]) -> SearchSettings:
+    """Settings from the parsed flags: ``values`` (SearchSettings fields), ``model`` (the MODEL_FLAGS
+    TrainConfig fields; ``resize`` None: 8/7 of ``image_size``), ``--set`` items and the command line."""
+    fixed = parse_set(set_items)
+    base = {
+        **model,
+        "resize": model["resize"] or round(model["image_size"] * 8 / 7),
+        "threads": max(1, int(values["cpus_per_trial"])),
+        **fixed,
+    }
+    space = values["space"]
+    if not values["run_dir"]:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = Path(space).stem if space.endswith(".json") else space
+        values = {**values, "run_dir": str(Path("results") / f"{name}-{stamp}")}
+    return SearchSettings(
+        **values, base=base, overrides=sorted(fixed), command="python -m tuning.search " + shlex.join(argv)
+    )
+
+
+def save_settings(s: SearchSettings, fingerprint: str) -> dict:
+    """The content of ``search.json``: the settings and the fingerprint of the data they ran on."""
+    return {**asdict(s), "data_fingerprint": fingerprint}
+
+
+def load_settings(run_dir: str | Path) -> SearchSettings:
+    """The settings of an earlier search, from its ``search.json``, with ``run_dir`` set to where it is now."""
+    path = Path(run_dir) / "search.json"
+    if not path.is_file():
+        raise ValueError(
+            f"--resume {run_dir}: no search.json there; expected the folder of an earlier search"
+        )
+    raw = json.loads(path.read_text())
+    known = {f.name for f in fields(SearchSettings)}
+    return SearchSettings(**{**{k: v for k, v in raw.items() if k in known}, "run_dir": str(Path(run_dir))})

@@ -1,0 +1,171 @@
+"""One training run without Ray, the engine of ``tuning.train`` and of a search's refit: train, select the best
+epoch on validation, evaluate that checkpoint once on the test split, and write the run folder: ``metrics.csv``,
+``model.pt`` (the self-describing best checkpoint), ``split.csv``, ``loss_curves.png``, ``confusion_matrix.png``,
+``roc.png`` (one-vs-rest curves for more than two classes) and ``report.json``."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+from modules.checkpoint import write_checkpoint
+from modules.dataset import PreparedData
+from modules.files import atomic_write_json, atomic_write_text
+from modules.split import majority_baselines
+from modules.statistics import classification_metrics
+from tuning import engine
+from tuning.backbone import cache_fits
+from tuning.cli import set_threads
+from tuning.config import TrainConfig
+from tuning.plots import plot_confusion, plot_loss_curves, plot_roc, plot_roc_ovr
+from tuning.provenance import versions
+
+
+def run_training(
+    cfg: TrainConfig,
+    data: PreparedData,
+    out_dir: str | Path,
+    *,
+    command: str = "",
+    kind: str = "train",
+    progress: bool = True,
+    extra_report: dict | None = None,
+    backbone_state=None,
+    cache=None,
+    test_outputs: dict | None = None,
+) -> dict:
+    """Train, select the best epoch on validation, test it once, write the run folder; returns the report.
+
+    ``cache``: a ``FeatureCache`` over these images; when it fits ``cfg`` (see ``tuning.backbone.cache_fits``),
+    only the part above the frozen layers trains, on the cached outputs, as in the search's trials. The
+    exported checkpoint is the whole network either way. ``test_outputs``: filled with the test outputs
+    (``ClassifierModule.test_outputs``: probabilities and labels in the order of the test images)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    engine.quiet_lightning()
+    set_threads(cfg.threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    atomic_write_text(out / "split.csv", data.split_csv())
+
+    trial_data = data.trial_data()
+    weights = engine.balanced_weights(trial_data) if cfg.class_weights == "balanced" else None
+    cached = cache is not None and cache_fits(cache, cfg)
+    module, weights_desc = engine.build_classifier(
+        cfg,
+        len(trial_data.classes),
+        class_weights=weights,
+        backbone_state=backbone_state,
+        positive=data.positive,
+        cached_depth=cfg.unfreeze_depth if cached else None,
+    )
+    dm = engine.build_datamodule(cfg, trial_data, cache=cache.with_splits(data.splits) if cached else None)
+    ckpt_dir = out / "lightning_checkpoints"
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, monitor=cfg.monitor, mode=cfg.monitor_mode, save_top_k=1, filename="best-{epoch}"
+    )
+    stopper = EarlyStopping(monitor=cfg.monitor, mode=cfg.monitor_mode, patience=cfg.patience)
+    logger = CSVLogger(save_dir=str(out), name="", version="")
+    trainer = engine.make_trainer(
+        cfg,
+        callbacks=[*engine.staging_callbacks(cfg), checkpoint, stopper],
+        logger=logger,
+        default_root_dir=out,
+        enable_progress_bar=progress,
+        enable_checkpointing=True,
+        reload_dataloaders=cached,
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    fit_seconds = time.perf_counter() - started
+    best_path = checkpoint.best_model_path
+    best_epoch = _epoch_of(best_path)
+    trainer.test(module, datamodule=dm, ckpt_path=best_path or None, verbose=False)
+
+    if test_outputs is not None:
+        test_outputs.update(module.test_outputs)
+    outputs = module.test_outputs
+    labels = data.images.classes
+    baseline = majority_baselines(data.images.labels, data.splits, labels)["test"]["accuracy"]
+    probs, targets = outputs["probs_all"].numpy(), outputs["labels"].numpy()
+    test = classification_metrics(
+        probs, targets, labels, positive=data.positive, majority_baseline=baseline, seed=cfg.seed
+    )
+    write_checkpoint(
+        out / "model.pt",
+        module.network,
+        model=cfg.model,
+        network_hparams=engine.network_hparams(cfg),
+        num_classes=len(labels),
+        classes=list(labels),
+        positive_class=data.positive_class,
+        config=cfg.to_dict(),
+        preprocessing=cfg.preprocessing.to_dict(),
+        weights_source=weights_desc,
+        data=data.data_info(),
+        best_epoch=best_epoch,
+        versions=versions(),
+    )
+    shutil.rmtree(
+        ckpt_dir, ignore_errors=True
+    )  # model.pt holds the best epoch; Lightning's copy is redundant
+
+    plots = [
+        plot_loss_curves(
+            out / "metrics.csv",
+            out / "loss_curves.png",
+            stage2_epoch=cfg.stage2_epoch if cfg.model == "resnet50" else None,
+            title=f"{cfg.model}: loss per epoch",
+        ),
+        plot_confusion(
+            test["confusion_matrix"],
+            test["confusion_labels"],
+            out / "confusion_matrix.png",
+            title="test confusion matrix",
+        ),
+        plot_roc(probs[:, data.positive], targets == data.positive, out / "roc.png")
+        if data.positive is not None
+        else plot_roc_ovr(probs, targets, labels, out / "roc.png"),
+    ]
+    report = {
+        "kind": kind,
+        "command": command,
+        "data": data.data_info(),
+        "config": cfg.to_dict(),
+        "weights": weights_desc,
+        "trained_on_feature_cache": cached,
+        "precision": engine.resolve_precision(cfg),  # what "auto" meant on this machine
+        "best_epoch": best_epoch,
+        "epochs_trained": trainer.current_epoch,
+        "selection": {
+            "metric": cfg.monitor,
+            "mode": cfg.monitor_mode,
+            "value": _float(checkpoint.best_model_score),
+        },
+        "metrics": {"test": test},
+        "time_s": {"fit": round(fit_seconds, 2)},
+        "versions": versions(),
+        "artifacts": {
+            "checkpoint": "model.pt",
+            "metrics": "metrics.csv",
+            "plots": [p.name for p in plots if p is not None],
+            "split": "split.csv",
+        },
+        **(extra_report or {}),
+    }
+    atomic_write_json(out / "report.json", report)
+    return report
+
+
+def _epoch_of(path: str) -> int:
+    """Epoch index from a 'best-epoch=N.ckpt' file name (-1 when there is none)."""
+    stem = Path(path).stem if path else ""
+    return int(stem.split("epoch=")[1]) if "epoch=" in stem else -1
+
+
+def _float(value) -> float | None:
+    return None if value is None else float(value)

@@ -1,0 +1,159 @@
+"""Ray Tune's side of a search: the ASHA scheduler (built by one function), the Tuner (new or restored), and
+what a finished or interrupted experiment holds (each trial's curve, how many are still unfinished)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from modules.dataset import PreparedData
+from modules.networks import WeightsState
+from search_spaces import to_tune
+from tuning.ray_runtime import StoredCache
+from tuning.settings import SearchSettings
+from tuning.trainable import SharedCache, trainable
+
+EXPERIMENT = "tune"
+
+
+def storage_path(s: SearchSettings) -> str:
+    """Where Ray Tune keeps the experiment: ``--storage``, else ``<run folder>/ray``."""
+    return s.storage or str((Path(s.run_dir) / "ray").resolve())
+
+
+def experiment_path(s: SearchSettings) -> str:
+    return os.path.join(storage_path(s), EXPERIMENT)
+
+
+def make_scheduler(s: SearchSettings) -> ASHAScheduler:
+    """ASHA over epochs (one Tune iteration per epoch); metric and mode come from the TuneConfig."""
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=s.max_epochs,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )
+
+
+def make_tuner(
+    s: SearchSettings,
+    spec: dict,
+    data: PreparedData,
+    weights: WeightsState | None,
+    cache: StoredCache | None,
+    *,
+    resume: bool,
+) -> tune.Tuner:
+    """The Tuner of a search on ``data``'s train/val splits, or the saved one restored (``resume``)."""
+    metric, mode = s.rank
+    resources = {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
+    base = {**s.base, "max_epochs": s.max_epochs, "seed": s.seed}
+    # trials get the train and val images only: the test images are not in their data, and masked in the cache
+    shared = SharedCache(cache.ref, data.splits) if cache is not None else None
+    fn = trainable(data.trial_data(exclude_test=True), base, weights, resources, cache=shared)
+    path = experiment_path(s)
+    if resume and tune.Tuner.can_restore(path):
+        print(f"resuming the search in {path}: finished trials are kept, unfinished ones start again")
+        return tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner(
+        fn,
+        param_space=to_tune(spec),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            scheduler=make_scheduler(s),
+            num_samples=s.num_samples,
+            reuse_actors=True,
+            # the generator seeds the sampled configs and also enforces the concurrency limit
+            search_alg=BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent),
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=storage_path(s),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+
+
+def count_unfinished(grid, s: SearchSettings) -> int:
+    """Trials not yet finished after ``fit`` returned: not yet created, or left RUNNING/PENDING/PAUSED by an
+    interrupt. Read from Tune's saved experiment state, which is what ``Tuner.restore`` resumes from."""
+    missing = max(0, s.num_samples - len(grid))
+    states = sorted(Path(grid.experiment_path).glob("experiment_state-*.json"))
+    if not states:
+        return missing or len(grid) - grid.num_terminated - grid.num_errors
+    statuses = trial_statuses(json.loads(states[-1].read_text()))
+    return missing + sum(st not in ("TERMINATED", "ERROR") for st in statuses)
+
+
+def trial_statuses(state: dict) -> list[str]:
+    """The status of every trial in Tune's experiment state (``trial_data``: one [trial JSON, runtime JSON]
+    pair per trial)."""
+    return [json.loads(entry[0])["status"] for entry in state.get("trial_data", [])]
+
+
+def collect_trials(grid, *, metric: str, mode: str) -> list[dict]:
+    """One dict per trial: id, status, sampled config, epochs run, best value and epoch, curve, error."""
+    trials = []
+    for result in grid:
+        df = result.metrics_dataframe
+        history: list[tuple[int, float]] = []
+        node = None
+        if df is not None and metric in df.columns:
+            rows = df.dropna(subset=[metric])
+            history = [
+                (int(i), float(v)) for i, v in zip(rows["training_iteration"], rows[metric], strict=True)
+            ]
+            if "node_id" in df.columns and len(df):
+                node = str(df["node_id"].iloc[-1])
+        best_iter, best_value = (None, None)
+        if history:
+            pick = min if mode == "min" else max
+            best_iter, best_value = pick(history, key=lambda h: h[1])
+        metrics = result.metrics or {}
+        trials.append(
+            {
+                "trial_id": metrics.get("trial_id") or Path(str(result.path)).name,
+                "status": "ERROR" if result.error else "TERMINATED",
+                "config": {k: _plain(v) for k, v in (result.config or {}).items()},
+                "iterations": history[-1][0] if history else 0,
+                "best_value": best_value,
+                "best_iteration": best_iter,
+                "last_value": history[-1][1] if history else None,
+                "history": history,
+                "node_id": node,
+                "time_s": round(float(metrics.get("time_total_s") or 0.0), 2),
+                "cached": bool(metrics.get("cached", 0)),
+                "error": _error_text(result.error),
+            }
+        )
+    return sorted(trials, key=lambda t: t["trial_id"])
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def _error_text(err) -> str | None:
+    if err is None:
+        return None
+    text = str(err).strip().splitlines()
+    return (text[-1] if text else type(err).__name__)[:500]
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def _error_text(err) -> str | None:
+    if err is None:
+        return None
+    text = str(err).strip().splitlines()
+    return (text[-1] if text else type(err).__name__)[:500]
