@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modules.duplicates import DEFAULT_THRESHOLD, DuplicateGroups, group_duplicates
-from modules.ingest import DatasetError, ImageSet, display_path, load_image_set
+from modules.ingest import ImageSet, load_image_set
+from modules.sources import DatasetError, display_path
 from modules.split import (
     DEFAULT_FRACTIONS,
     SPLITS,

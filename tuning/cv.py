@@ -26,7 +26,7 @@ import numpy as np
 from ray import tune
 
 from modules.dataset import PreparedData
-from modules.ingest import display_path
+from modules.sources import display_path
 from tuning.files import atomic_write_json, atomic_write_text
 from tuning.report import (
     classification_metrics,

@@ -31,7 +31,8 @@ from modules.checkpoint import (
     predict_probabilities,
 )
 from modules.duplicates import DEFAULT_THRESHOLD, group_duplicates
-from modules.ingest import ImageSet, display_path, load_image_set
+from modules.ingest import ImageSet, load_image_set
+from modules.sources import display_path
 from tuning.cli import output_folder, run_main, set_threads, warn
 from tuning.files import atomic_write_json, atomic_write_text
 from tuning.report import (
