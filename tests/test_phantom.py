@@ -11,7 +11,8 @@ from PIL import Image
 
 from modules import phantom
 from modules.dataset import DEMO_PHANTOM, prepare_data
-from modules.phantom import MASS_KINDS, encode_png, main, make_phantom, render_example, render_slice
+from modules.phantom import encode_png, main, make_phantom
+from modules.phantom_render import MASS_KINDS, image_rng, mass_kind, render_example, render_slice
 
 
 def _files(root: pathlib.Path) -> dict[str, bytes]:
@@ -161,7 +162,7 @@ def test_masses_vary_in_size_and_contrast():
 def test_every_mass_kind_renders_at_every_size(kind):
     for size in (32, 64, 128):
         for i in range(30 if size == 32 else 3):  # 32 px: the smallest heads leave the least room for a mass
-            img, mask = render_slice(phantom.image_rng(5, 1, i), size=size, mass=True, kind=kind)
+            img, mask = render_slice(image_rng(5, 1, i), size=size, mass=True, kind=kind)
             assert img.shape == (size, size) and mask is not None and mask.any()
 
 
@@ -170,7 +171,7 @@ def test_three_classes(tmp_path):
     root = make_phantom(tmp_path, n_per_class=3, size=48, classes=classes)
     images, labels = _load(root, classes)
     assert images.shape == (9, 48, 48) and np.bincount(labels).tolist() == [3, 3, 3]
-    assert [phantom.mass_kind(k) for k in range(3)] == [None, MASS_KINDS[0], MASS_KINDS[1]]
+    assert [mass_kind(k) for k in range(3)] == [None, MASS_KINDS[0], MASS_KINDS[1]]
     for k in (1, 2):
         assert all(render_example(k, i, size=48)[1].any() for i in range(3))
 
