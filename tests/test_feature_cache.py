@@ -1,21 +1,17 @@
 """The feature cache: the cached path computes what the plain path computes, and is built once."""
 
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from modules import feature_cache
+from modules.cached_training import CachedDataModule, CachedTail
 from modules.dataset import prepare_data
-from modules.feature_cache import (
-    BUILDS,
-    CachedDataModule,
-    CachedTail,
-    CacheTooLarge,
-    build_feature_cache,
-    estimate_bytes,
-)
+from modules.feature_cache import CacheTooLarge, build_feature_cache, estimate_bytes
 from modules.finetune import StagedFineTuning
 from modules.lit_module import ClassifierModule
 from modules.networks import ResNet50Classifier
@@ -83,12 +79,19 @@ def test_cached_outputs_equal_the_full_network(data, precision, tolerance):
     )
 
 
+class _Untouchable:
+    """A network whose backbone must not be reached: the size check comes before any computation."""
+
+    @property
+    def backbone(self):
+        raise AssertionError("the backbone was used before the cache's size was checked")
+
+
 def test_too_large_a_cache_is_refused_before_computing(data):
     td = data.trial_data()
-    before = BUILDS["count"]
     with pytest.raises(CacheTooLarge, match="over the limit"):
         build_feature_cache(
-            _network(),
+            _Untouchable(),
             td.images,
             td.targets,
             td.splits,
@@ -97,7 +100,6 @@ def test_too_large_a_cache_is_refused_before_computing(data):
             views=8,
             max_bytes=1000,
         )
-    assert BUILDS["count"] == before
 
 
 def _fit_tail(net, cache, *, stage2_epoch: int) -> pl.Trainer:
@@ -139,8 +141,11 @@ def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, t
     space = tmp_path / "space.json"
     space.write_text(json.dumps({**get_spec("resnet_stage2"), "crop": "brain", "intensity": 0.1}))
     root = data.images.source
-    before = BUILDS["count"]
     from tuning import search_run
+
+    # counts the driver's builds: search_run.build_cache imports build_feature_cache from here when it runs
+    builds = mock.Mock(wraps=feature_cache.build_feature_cache)
+    monkeypatch.setattr(feature_cache, "build_feature_cache", builds)
 
     shared = []
     share = search_run.share_cache
@@ -166,7 +171,7 @@ def test_search_builds_the_cache_once_and_every_trial_uses_it(ray_local, data, t
         *TINY,
     ]
     assert run_main(search.main, args) == 0
-    assert BUILDS["count"] == before + 1  # built once, in the driver; trials read it from the object store
+    assert builds.call_count == 1  # built once, in the driver; trials read it from the object store
     assert len(shared) == 1 and not shared[0].train_pooled.flags.writeable  # the driver kept the store's view
     report = json.loads((run / "report.json").read_text())
     cache = report["search"]["cache"]
