@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from modules import phantom
-from modules.dataset import DEMO_PHANTOM, prepare_data
+from modules.dataset import prepare_data
+from modules.demo_data import DEMO_PHANTOM
 from modules.phantom import encode_png, main, make_phantom
 from modules.phantom_render import MASS_KINDS, image_rng, mass_kind, render_example, render_slice
 
@@ -121,7 +122,7 @@ def test_bad_arguments_raise_value_error(tmp_path, kwargs, message):
 
 def test_no_two_phantoms_are_grouped_as_near_copies(tmp_path):
     # The data pipeline groups near copies (thumbnail correlation >= 0.95) and keeps each group in one split;
-    # phantom heads must differ enough that the built-in demo set (dataset.DEMO_PHANTOM) has no such group.
+    # phantom heads must differ enough that the built-in demo set (demo_data.DEMO_PHANTOM) has no such group.
     data = prepare_data(make_phantom(tmp_path, **DEMO_PHANTOM), synthetic=True)
     assert data.dups.clusters == []
 
