@@ -180,7 +180,7 @@ def _tree_pss(root_pid: int) -> int:
     return total
 
 
-def _precision(args) -> str:
+def trial_precision(args) -> str:
     """The precision the trials ran with: ``--precision auto`` resolved as a trial resolves it (a trial without
     a GPU sees none)."""
     import torch
@@ -206,7 +206,7 @@ def step_rates(args, depths: list[int], *, batch: int = 16) -> dict[str, float]:
 
     torch.set_num_threads(max(1, int(args.cpus_per_trial)))
     device = torch.device("cuda" if args.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
-    autocast = autocast_for("bf16" if _precision(args) == "bf16-mixed" else "fp32", device)
+    autocast = autocast_for("bf16" if trial_precision(args) == "bf16-mixed" else "fp32", device)
 
     warnings.filterwarnings("ignore", message=r".*self\.log\(\)")  # the step logs, with no Trainer to log to
 
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:<{width}}  {a:>10}  {b:>10}  {ratio:>7}")
     threads = max(1, int(args.cpus_per_trial))
     print(
-        f"\ntight loops, batch 16, {threads} thread(s) per trial, {_precision(args)} (images/s; "
+        f"\ntight loops, batch 16, {threads} thread(s) per trial, {trial_precision(args)} (images/s; "
         "cached stage 1 = head on pooled features, cached stage 2 = the unfrozen stages on cut activations):"
     )
     for k, v in rates.items():

@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-from modules.feature_cache import CachedTail
+from modules.cached_training import CachedTail
 from modules.finetune import add_param_group, frozen_bn_modules, set_trainable, unfreeze_stages
 from modules.lit_module import ClassifierModule
 from modules.networks import build_network

@@ -5,15 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from modules.demo_data import demo_data_dir
 from modules.duplicates import DEFAULT_THRESHOLD, DuplicateGroups, group_duplicates
-from modules.ingest import DatasetError, ImageSet, display_path, load_image_set
+from modules.ingest import ImageSet, load_image_set
+from modules.positive_class import resolve_positive
+from modules.sources import display_path
 from modules.split import (
     DEFAULT_FRACTIONS,
     SPLITS,
@@ -27,37 +27,6 @@ from modules.split import (
 )
 
 SPLIT_MODES = ("grouped", "random")
-DEMO_PHANTOM = {"n_per_class": 60, "size": 128, "seed": 0}
-DEFAULT_POSITIVE = "yes"  # the tumour class of the brain-MRI set: the positive class of a two-class set
-
-
-def resolve_positive(classes: Sequence[str], positive: str | None, *, source: str = "the data") -> int | None:
-    """Index in ``classes`` of the class that sensitivity, specificity and the ROC refer to.
-
-    Two classes: ``positive`` (matched ignoring case), else ``"yes"`` when it is one of them; otherwise a
-    ``DatasetError`` asks for ``--positive-class``. More classes: None (they are scored one-vs-rest, per class
-    and macro-averaged), and naming a positive class is an error."""
-    names = [c.lower() for c in classes]
-    shown = ", ".join(classes)
-    if len(classes) != 2:
-        if positive is not None:
-            raise DatasetError(
-                f"{source}: --positive-class {positive!r} given, but the set has {len(classes)} classes "
-                f"({shown}); expected it only for a two-class set (N classes are scored one-vs-rest)"
-            )
-        return None
-    if positive is None:
-        if DEFAULT_POSITIVE in names:
-            return names.index(DEFAULT_POSITIVE)
-        raise DatasetError(
-            f"{source}: two classes ({shown}) and no '{DEFAULT_POSITIVE}' among them; expected "
-            f"--positive-class naming the one that sensitivity and the ROC refer to (one of {shown})"
-        )
-    if positive.lower() not in names:
-        raise DatasetError(
-            f"{source}: --positive-class {positive!r} is not a class of this set; expected one of {shown}"
-        )
-    return names.index(positive.lower())
 
 
 @dataclass(frozen=True)
@@ -279,30 +248,6 @@ def prepare_data(
     return PreparedData(
         images, dups, splits, seed, tuple(fractions), synthetic, positive=positive, split_mode=split
     )
-
-
-def demo_data_dir(cache: str | os.PathLike | None = None) -> Path:
-    """The built-in phantom set, generated once (deterministically) into a cache folder, atomically."""
-    from modules.phantom import VERSION, make_phantom
-
-    base = Path(cache or os.environ.get("MRI_TUNE_CACHE") or Path("results") / ".cache")
-    p = DEMO_PHANTOM
-    target = (
-        base / f"phantom-v{VERSION}-n{p['n_per_class']}-s{p['size']}-seed{p['seed']}"
-    )  # new generator: new set
-    if target.is_dir():
-        return target
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".phantom-", dir=base))
-    try:
-        make_phantom(tmp, n_per_class=p["n_per_class"], size=p["size"], seed=p["seed"])
-        os.replace(tmp, target)
-    except OSError:
-        if not target.is_dir():  # another process may have won the race; anything else is an error
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def resolve_data(path: str | os.PathLike | None, **kwargs) -> PreparedData:

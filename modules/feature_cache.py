@@ -1,4 +1,4 @@
-"""Compute the frozen part of a ResNet50 once per experiment and train only the unfrozen part on it.
+"""Compute the frozen part of a ResNet50 once per experiment, so that trials train only the unfrozen part.
 
 In a staged trial the layers below the first unfrozen stage never train and always run in eval mode (batch-norm
 statistics frozen, no dropout), so their output is a fixed function of the input image. The cache stores, for
@@ -8,9 +8,8 @@ K augmented views of every training image and the evaluation view of every val/t
 * ``cut[d]``: the activations at the input of the first unfrozen stage for unfreeze depth ``d`` (1: layer3's
   output, the input of layer4; 2: layer2's output; 3: layer1's output). Depth 4 unfreezes everything: no cut.
 
-Values are stored as float16 NumPy arrays (compact, and shared zero-copy through Ray's object store). A cached
-trial draws one view per training image at every access (random, from torch's seeded generator). This module
-needs torch only (never Ray).
+Values are stored as float16 NumPy arrays (compact, and shared zero-copy through Ray's object store);
+``modules.cached_training`` trains on them. This module needs torch only (never Ray).
 """
 
 from __future__ import annotations
@@ -20,10 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from modules.transforms import Preprocessing, build_transform, to_tensor
 
@@ -34,7 +31,6 @@ POOLED = 2048
 BYTES = 2  # float16
 SPLITS = ("train", "val", "test")
 CACHE_PRECISIONS = ("32", "bf16")
-BUILDS = {"count": 0}  # how many caches this process has built (tests check that trials do not rebuild)
 
 
 class CacheTooLarge(ValueError):
@@ -214,7 +210,6 @@ def build_feature_cache(
             for d in depths:
                 cut[d][rows, cols] = outs[CUT_AFTER[d]].float().cpu().numpy().astype(np.float16)
         arrays[kind] = (pooled, cut)
-    BUILDS["count"] += 1
 
     def index_of(chosen: list[int]) -> np.ndarray:
         index = np.full(n, -1, np.int64)
@@ -235,111 +230,3 @@ def build_feature_cache(
         build_seconds=time.perf_counter() - started,
         info={"precision": precision},
     )
-
-
-class CachedTail(nn.Module):
-    """The part of a ``ResNet50Classifier`` above the cut for unfreeze depth ``depth``, sharing its modules.
-
-    Input ``(N, 2048)`` pooled features: the head alone (stage 1). Input ``(N, C, H, W)`` cut activations: the
-    stages above the cut, average pooling, then the head (stage 2). It keeps ``backbone``, ``head`` and
-    ``stage_modules`` so that ``StagedFineTuning`` freezes and unfreezes it exactly as the full network.
-    """
-
-    def __init__(self, network: nn.Module, depth: int) -> None:
-        super().__init__()
-        if depth not in CUT_AFTER:
-            raise ValueError(f"no cut for unfreeze depth {depth}; cached depths are {sorted(CUT_AFTER)}")
-        self.backbone = network.backbone
-        self.head = network.head
-        self._stage_modules = network.stage_modules
-        self.depth = depth
-        self.tail_names = network.stage_names(depth)
-
-    def stage_modules(self, depth: int) -> list[nn.Module]:
-        return self._stage_modules(depth)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 2:
-            return self.head(x)
-        for name in self.tail_names:
-            x = getattr(self.backbone, name)(x)
-        return self.head(torch.flatten(self.backbone.avgpool(x), 1))
-
-
-class CachedViews(Dataset):
-    """(features, label) from rows of an (M, K, ...) float16 array; training draws one of the K views per
-    access. ``rows[i]`` is the row of the i-th image of the split (default: row i)."""
-
-    def __init__(
-        self, features: np.ndarray, targets: np.ndarray, *, train: bool, rows: np.ndarray | None = None
-    ) -> None:
-        self.features = features
-        self.targets = torch.as_tensor(targets)
-        self.train = train
-        self.rows = np.arange(len(targets)) if rows is None else np.asarray(rows)
-        if len(self.rows) != len(self.targets):
-            raise ValueError(f"{len(self.rows)} rows for {len(self.targets)} labels")
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        return self.__getitems__([i])
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole batch in one NumPy gather (the DataLoader calls this instead of one item at a time)."""
-        idx = np.asarray(indices)
-        k = self.features.shape[1]
-        views = (
-            torch.randint(k, (len(idx),)).numpy() if self.train and k > 1 else np.zeros(len(idx), np.int64)
-        )
-        batch = torch.from_numpy(self.features[self.rows[idx], views].astype(np.float32))
-        return batch, self.targets[torch.from_numpy(idx)]
-
-
-def _batch_as_is(batch):
-    """``CachedViews.__getitems__`` returns a collated batch already."""
-    return batch
-
-
-class CachedDataModule(pl.LightningDataModule):
-    """Loaders over a ``FeatureCache``: pooled features before ``stage2_epoch``, cut activations from then on
-    (use with ``reload_dataloaders_every_n_epochs=1``)."""
-
-    def __init__(
-        self, cache: FeatureCache, *, depth: int, stage2_epoch: int, batch_size: int = 16, seed: int = 0
-    ):
-        super().__init__()
-        self.cache, self.depth, self.stage2_epoch = cache, depth, stage2_epoch
-        self.batch_size, self.seed = batch_size, seed
-
-    def _key(self) -> str | int:
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        if epoch < self.stage2_epoch:
-            return "pooled"
-        if self.depth not in self.cache.train_cut:
-            raise ValueError(
-                f"stage 2 starts at epoch {epoch} with unfreeze depth {self.depth}, but the cache holds only "
-                f"the cuts for depths {list(self.cache.depths)}"
-            )
-        return self.depth
-
-    def _loader(self, split: str) -> DataLoader:
-        array, rows = self.cache.rows(self._key(), split)
-        targets = self.cache.image_targets[self.cache.members(split)]
-        if len(rows) == 0:
-            raise ValueError(f"the {split} split is empty; expected at least one image in it")
-        ds = CachedViews(array, targets, train=split == "train", rows=rows)
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            ds, batch_size=self.batch_size, shuffle=split == "train", generator=gen, collate_fn=_batch_as_is
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")

@@ -22,7 +22,6 @@ _OPTIONS = {
     "cnn": ("in_channels", "width", "depth", "dropout", "fc_hidden", "fc_dropout"),
     "resnet50": ("weights", "dropout"),
 }
-WEIGHT_KEYWORDS = ("imagenet", "none")
 _PREFIXES = ("module.", "network.", "backbone.")
 _HEAD_PREFIXES = ("fc.", "head.")
 

@@ -7,14 +7,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from modules.cached_training import CachedDataModule, CachedTail
 from modules.dataset import prepare_data
-from modules.feature_cache import (
-    CachedDataModule,
-    CachedTail,
-    CacheTooLarge,
-    build_feature_cache,
-    estimate_bytes,
-)
+from modules.feature_cache import CacheTooLarge, build_feature_cache, estimate_bytes
 from modules.finetune import StagedFineTuning
 from modules.lit_module import ClassifierModule
 from modules.networks import ResNet50Classifier

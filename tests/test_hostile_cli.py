@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import modules.ingest as ingest
+import modules.sources as sources
 from tests.helpers import REPO, scan, write_image
 from tests.test_ingest import png_header_only
 from tuning import data as data_cli
@@ -235,7 +235,7 @@ def test_unreadable_file_is_a_named_skip_even_as_root(ws, capsys, monkeypatch):
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(ingest, "open", refusing_open, raising=False)
+    monkeypatch.setattr(sources, "open", refusing_open, raising=False)
     code, _, err = run_cli(data_cli.main, [ws / "set"], capsys, ws)
     assert_skipped(code, err, "yes/y3.png", "permission denied (unreadable file)")
 

@@ -10,8 +10,8 @@ import torch
 
 from modules.checkpoint import load_classifier
 from modules.dataset import prepare_data
-from modules.ingest import DatasetError
 from modules.phantom import make_phantom
+from modules.sources import DatasetError
 from tests.helpers import TINY_SEARCH as TINY
 from tuning import data as data_cli
 from tuning import evaluate, predict, search

@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 
 from modules import phantom
-from modules.dataset import DEMO_PHANTOM, prepare_data
-from modules.phantom import MASS_KINDS, encode_png, main, make_phantom, render_example, render_slice
+from modules.dataset import prepare_data
+from modules.demo_data import DEMO_PHANTOM
+from modules.phantom import encode_png, main, make_phantom
+from modules.phantom_render import MASS_KINDS, image_rng, mass_kind, render_example, render_slice
 
 
 def _files(root: pathlib.Path) -> dict[str, bytes]:
@@ -120,7 +122,7 @@ def test_bad_arguments_raise_value_error(tmp_path, kwargs, message):
 
 def test_no_two_phantoms_are_grouped_as_near_copies(tmp_path):
     # The data pipeline groups near copies (thumbnail correlation >= 0.95) and keeps each group in one split;
-    # phantom heads must differ enough that the built-in demo set (dataset.DEMO_PHANTOM) has no such group.
+    # phantom heads must differ enough that the built-in demo set (demo_data.DEMO_PHANTOM) has no such group.
     data = prepare_data(make_phantom(tmp_path, **DEMO_PHANTOM), synthetic=True)
     assert data.dups.clusters == []
 
@@ -161,7 +163,7 @@ def test_masses_vary_in_size_and_contrast():
 def test_every_mass_kind_renders_at_every_size(kind):
     for size in (32, 64, 128):
         for i in range(30 if size == 32 else 3):  # 32 px: the smallest heads leave the least room for a mass
-            img, mask = render_slice(phantom.image_rng(5, 1, i), size=size, mass=True, kind=kind)
+            img, mask = render_slice(image_rng(5, 1, i), size=size, mass=True, kind=kind)
             assert img.shape == (size, size) and mask is not None and mask.any()
 
 
@@ -170,7 +172,7 @@ def test_three_classes(tmp_path):
     root = make_phantom(tmp_path, n_per_class=3, size=48, classes=classes)
     images, labels = _load(root, classes)
     assert images.shape == (9, 48, 48) and np.bincount(labels).tolist() == [3, 3, 3]
-    assert [phantom.mass_kind(k) for k in range(3)] == [None, MASS_KINDS[0], MASS_KINDS[1]]
+    assert [mass_kind(k) for k in range(3)] == [None, MASS_KINDS[0], MASS_KINDS[1]]
     for k in (1, 2):
         assert all(render_example(k, i, size=48)[1].any() for i in range(3))
 

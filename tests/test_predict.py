@@ -14,7 +14,8 @@ from PIL import Image
 from modules.checkpoint import eval_transform, load_classifier, preprocessing
 from modules.gradcam import default_target_layer, grad_cam, to_image_geometry
 from modules.networks import ResNet50Classifier, build_network
-from modules.phantom import make_phantom, render_example
+from modules.phantom import make_phantom
+from modules.phantom_render import render_example
 from modules.transforms import Preprocessing, to_tensor
 from tuning import predict
 from tuning.cli import run_main

@@ -72,9 +72,9 @@ def test_the_tight_loops_run_at_the_precision_the_trials_resolve(monkeypatch):
     args = argparse.Namespace(gpus_per_trial=0, precision="auto")
     for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
         monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda native=native: native)
-        assert search_speed._precision(args) == expected
+        assert search_speed.trial_precision(args) == expected
     args.precision = "32-true"
-    assert search_speed._precision(args) == "32-true"
+    assert search_speed.trial_precision(args) == "32-true"
 
 
 def test_main_prints_the_table_the_compute_ratios_and_the_last_line(tmp_path, monkeypatch, capsys):

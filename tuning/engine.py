@@ -10,9 +10,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from modules.cached_training import CachedDataModule, CachedTail
 from modules.datamodule import MRIDataModule
 from modules.dataset import TrialData
-from modules.feature_cache import CachedDataModule, CachedTail
 from modules.finetune import StagedFineTuning
 from modules.lit_module import ClassifierModule
 from modules.networks import WeightsState, build_network, load_backbone_state, resolve_weights

@@ -21,7 +21,8 @@ from modules.checkpoint import (
 )
 from modules.duplicates import DEFAULT_THRESHOLD, group_duplicates
 from modules.files import atomic_write_json, atomic_write_text
-from modules.ingest import ImageSet, display_path, load_image_set
+from modules.ingest import ImageSet, load_image_set
+from modules.sources import display_path
 from modules.statistics import classification_metrics
 from tuning.formatting import summary_lines
 from tuning.plots import plot_confusion, plot_roc, plot_roc_ovr

@@ -22,19 +22,10 @@ from modules.checkpoint import (
     predict_probabilities,
     preprocessing,
 )
+from modules.decode import KEEP_MAX_SIDE, read_image, shrink  # the ingest's own rules: the same as training
 from modules.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from modules.gradcam import crop_box_in, default_target_layer, grad_cam, to_image_geometry
-from modules.ingest import (  # the ingest's own walking, reading and decoding: the same rules as training
-    KEEP_MAX_SIDE,
-    DatasetError,
-    _folder_entries,
-    _is_hidden,
-    _read_limited,
-    _shrink,
-    _Skip,
-    decode_image,
-    display_path,
-)
+from modules.sources import DatasetError, display_path, folder_entries, is_hidden, read_limited
 from modules.transforms import to_tensor
 
 CSV_FIELDS = (
@@ -74,7 +65,7 @@ def collect_sources(paths: list[str | Path]) -> list[Source]:
         if path.is_dir():
             out += list(_walk(path))
         elif path.is_file():  # named explicitly: read it even through a symlink
-            out.append(Source(str(path), read=lambda p=path: _read_limited(p)))
+            out.append(Source(str(path), read=lambda p=path: read_limited(p)))
         elif path.is_symlink():
             out.append(Source(str(path), problem="broken symlink"))
         elif path.exists():  # a FIFO, socket or device: reading it could block or never end
@@ -86,12 +77,12 @@ def collect_sources(paths: list[str | Path]) -> list[Source]:
 
 def _walk(root: Path) -> Iterator[Source]:
     try:
-        entries, _ = _folder_entries(root)
+        entries, _ = folder_entries(root)
     except DatasetError as err:  # the folder itself cannot be listed: one unreadable row, not a failure
         yield Source(display_path(str(root)), problem=str(err).split(": ", 1)[-1])
         return
     for entry in sorted(entries, key=lambda e: e.parts):
-        if _is_hidden(entry.parts):
+        if is_hidden(entry.parts):
             continue
         shown = display_path(str(root.joinpath(*entry.parts)))
         problem = entry.problem and entry.problem.replace("the dataset root", "the given folder")
@@ -119,20 +110,6 @@ def _png(rgb: np.ndarray) -> bytes:
 def _heatmap_name(n: int, path: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem).strip("._")[:60] or "image"
     return f"heatmaps/{n:04d}-{stem}.png"
-
-
-def _decode(source: Source) -> tuple[np.ndarray | None, str]:
-    if source.problem is not None:
-        return None, source.problem
-    try:
-        pixels, *_ = decode_image(source.read())
-    except _Skip as skip:
-        return None, str(skip)
-    except PermissionError:
-        return None, "permission denied (unreadable file)"
-    except OSError as exc:
-        return None, f"cannot read ({exc.strerror or exc})"
-    return pixels, ""
 
 
 def run_prediction(
@@ -163,9 +140,10 @@ def run_prediction(
     rows = []
     for n, source in enumerate(sources):
         row = dict.fromkeys(CSV_FIELDS, None) | {"path": source.path, "error": "", "probs": None}
-        pixels, row["error"] = _decode(source)
-        if pixels is not None:
-            shown = _shrink(pixels, KEEP_MAX_SIDE)  # what ingest keeps, so the numbers match tuning.evaluate
+        image, row["error"] = read_image(source.read, source.problem)
+        if image is not None:
+            pixels = image.pixels
+            shown = shrink(pixels, KEEP_MAX_SIDE)  # what ingest keeps, so the numbers match tuning.evaluate
             probs = predict_probabilities(network, [shown], transform)
             row["probs"] = {c: float(p) for c, p in zip(classes, probs[0], strict=True)}
             row["probability"] = None if pos is None else float(probs[0, pos])
