@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from modules.phantom import make_phantom
-from tuning import evaluate
+from tuning import evaluate, evaluation
 from tuning.cli import run_main
 
 
@@ -27,7 +27,7 @@ def test_split(run, tmp_path_factory):
 
 
 def test_scores_equal_the_runs_own_test_report(run, test_split, tmp_path):
-    report = evaluate.run_evaluation(run.checkpoint, test_split, tmp_path, command="test")
+    report = evaluation.run_evaluation(run.checkpoint, test_split, tmp_path, command="test")
     mine, theirs = report["metrics"]["test"], run.report["metrics"]["test"]
     assert mine["n"] == theirs["n"] == len(run.data.indices("test"))
     assert mine["confusion_matrix"] == theirs["confusion_matrix"]
@@ -79,7 +79,7 @@ def test_bad_files_are_warned_or_refused_with_strict(run, test_split, tmp_path, 
 
 
 def test_training_data_is_flagged(run, tmp_path):
-    report = evaluate.run_evaluation(run.checkpoint, run.phantom, tmp_path)
+    report = evaluation.run_evaluation(run.checkpoint, run.phantom, tmp_path)
     assert report["notes"] and "trained on" in report["notes"][0]
 
 
@@ -111,7 +111,7 @@ def test_exclude_duplicates_of_counts_the_copies(run, tmp_path, capsys):
         "copy_of": ["no/no_1.png"],
     }
     # without the option every image is scored
-    plain = evaluate.run_evaluation(run.checkpoint, data, tmp_path / "plain")
+    plain = evaluation.run_evaluation(run.checkpoint, data, tmp_path / "plain")
     assert plain["metrics"]["test"]["n"] == 13 and plain["exclusion"] is None
 
 

@@ -14,7 +14,7 @@ from modules.phantom import make_phantom
 from modules.sources import DatasetError
 from tests.helpers import TINY_SEARCH as TINY
 from tuning import data as data_cli
-from tuning import evaluate, predict, search
+from tuning import evaluation, prediction, search
 from tuning.cli import run_main
 
 CLASSES = ("none", "meningioma_like", "glioma_like")  # the first without a mass, then two kinds of mass
@@ -70,12 +70,12 @@ def test_three_class_search_evaluate_and_predict(ray_local, three_classes, tmp_p
     with torch.no_grad():
         assert network(torch.zeros(1, 3, 32, 32)).shape == (1, 3)  # the head is sized from the data
 
-    ev = evaluate.run_evaluation(run / "model.pt", three_classes, tmp_path / "ev")
+    ev = evaluation.run_evaluation(run / "model.pt", three_classes, tmp_path / "ev")
     assert np.asarray(ev["metrics"]["test"]["confusion_matrix"]).shape == (3, 3)
     assert ev["metrics"]["test"]["n"] == 36 and ev["notes"]  # its own training data: said so
 
     scans = sorted((three_classes / "glioma_like").iterdir())[:2]
-    rows, _ = predict.run_prediction(run / "model.pt", scans, tmp_path / "pred")
+    rows, _ = prediction.run_prediction(run / "model.pt", scans, tmp_path / "pred")
     with open(tmp_path / "pred" / "predictions.csv", newline="") as fh:
         written = list(csv.DictReader(fh))
     for row, line in zip(rows, written, strict=True):
@@ -84,7 +84,7 @@ def test_three_class_search_evaluate_and_predict(ray_local, three_classes, tmp_p
         assert list(row["probs"]) == classes and row["probability"] is None
         assert line["label"] == classes[int(np.argmax(probs))] == line["heatmap_class"]
         assert (tmp_path / "pred" / line["heatmap"]).is_file()
-    table = predict.format_table(rows, classes)
+    table = prediction.format_table(rows, classes)
     assert all(f"P({c})" in table for c in classes)
 
 

@@ -17,7 +17,7 @@ from modules.networks import ResNet50Classifier, build_network
 from modules.phantom import make_phantom
 from modules.phantom_render import render_example
 from modules.transforms import Preprocessing, to_tensor
-from tuning import predict
+from tuning import predict, prediction
 from tuning.cli import run_main
 
 
@@ -82,12 +82,14 @@ def test_predict_writes_a_row_and_a_heat_map_per_image(run, tmp_path, capsys):
 
 def test_threshold_decides_the_label_and_overwrite_is_refused(run, tmp_path, capsys):
     scans, _ = _inputs(run, tmp_path)
-    rows, meta = predict.run_prediction(
+    rows, meta = prediction.run_prediction(
         run.checkpoint, [scans], tmp_path / "a", threshold=0.0, heatmaps=False
     )
     assert meta["positive_class"] == "yes"
     assert {r["label"] for r in rows if not r["error"]} == {"yes"}
-    rows, _ = predict.run_prediction(run.checkpoint, [scans], tmp_path / "b", threshold=1.0, heatmaps=False)
+    rows, _ = prediction.run_prediction(
+        run.checkpoint, [scans], tmp_path / "b", threshold=1.0, heatmaps=False
+    )
     assert {r["label"] for r in rows if not r["error"]} == {"no"}
     assert not (tmp_path / "b" / "heatmaps").exists()
     args = ["--checkpoint", str(run.checkpoint), str(scans), "--out", str(tmp_path / "a")]
@@ -160,9 +162,9 @@ def test_heat_map_returns_to_the_image_geometry():
     assert heat[:, :100].max() == 0.0 and heat[100:, :].max() == 0.0  # away from the head: nothing
     assert crop_box_in(pixels.shape, shown, pre) is None
     scan = (np.arange(12, dtype=np.uint8) * 20).reshape(3, 4)
-    cold = predict.overlay(scan, np.zeros((3, 4), dtype=np.float32))  # no heat: the plain scan, in RGB
+    cold = prediction.overlay(scan, np.zeros((3, 4), dtype=np.float32))  # no heat: the plain scan, in RGB
     assert cold.shape == (3, 4, 3) and all(np.array_equal(cold[..., c], scan) for c in range(3))
-    hot = predict.overlay(scan, np.ones((3, 4), dtype=np.float32))
+    hot = prediction.overlay(scan, np.ones((3, 4), dtype=np.float32))
     assert not np.array_equal(hot[..., 0], hot[..., 2])  # coloured where the heat is high
 
 

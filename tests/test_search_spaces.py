@@ -103,7 +103,7 @@ def test_good_space_file(tmp_path):
 
 
 def test_asha_stops_the_worse_trials_at_the_first_rung():
-    s = SearchSettings(max_epochs=4, grace_period=1, reduction_factor=2)
+    s = SearchSettings(space="baseline_cnn", max_epochs=4, grace_period=1, reduction_factor=2)
     sched = make_scheduler(s)
     sched.set_search_properties("val_loss", "min")
     trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]

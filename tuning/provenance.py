@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from importlib import metadata
 
 
 def versions() -> dict[str, str]:
@@ -16,10 +17,8 @@ def versions() -> dict[str, str]:
         "torchvision": str(torchvision.__version__),
         "pytorch_lightning": str(pytorch_lightning.__version__),
     }
-    try:
-        import ray
-
-        out["ray"] = str(ray.__version__)
-    except ImportError:  # pragma: no cover - ray is a dependency, but train/evaluate do not need it
+    try:  # read from the installed package, without importing Ray (train and evaluate run without it)
+        out["ray"] = metadata.version("ray")
+    except metadata.PackageNotFoundError:  # pragma: no cover - ray is a dependency
         out["ray"] = "not installed"
     return out
