@@ -146,14 +146,3 @@ def _error_text(err) -> str | None:
         return None
     text = str(err).strip().splitlines()
     return (text[-1] if text else type(err).__name__)[:500]
-
-
-def _plain(v):
-    return v.item() if hasattr(v, "item") else v
-
-
-def _error_text(err) -> str | None:
-    if err is None:
-        return None
-    text = str(err).strip().splitlines()
-    return (text[-1] if text else type(err).__name__)[:500]
