@@ -40,16 +40,7 @@ def run_cv(
     run_dir = Path(s.run_dir)
     started = time.perf_counter()
     folds = data.cv_folds(s.cv)
-    fold_of = [
-        next(f for f, fd in enumerate(folds) if fd.splits[i] == "test") for i in range(len(data.splits))
-    ]
-    atomic_write_text(run_dir / "split.csv", folds_csv(data, fold_of))
-    sizes = [fold_of.count(f) for f in range(s.cv)]
-    print(
-        f"data: {data.images.source}{' (SYNTHETIC phantom set)' if data.synthetic else ''}: "
-        f"{len(data.images.records)} images {data.images.class_counts()}; {s.cv}-fold nested cross-validation, "
-        f"{'LEAKY random' if data.leaky else 'grouped'} folds of {sizes} images"
-    )
+    _write_folds(s, data, folds)
     cache = build_cache(s, spec, data, weights, every_image=True)
     stored = None  # into Ray's object store before the first fold that still needs a search
     done: list[dict] = []
@@ -62,12 +53,7 @@ def run_cv(
             done.append(_read_fold(fold_dir))
             continue
         fold_dir.mkdir(parents=True, exist_ok=True)
-        fs = dataclasses.replace(
-            s,
-            run_dir=str(fold_dir),
-            storage=f"{s.storage.rstrip('/')}/fold-{f + 1}" if s.storage else None,
-            cv=0,
-        )
+        fs = _fold_settings(s, fold_dir, f)
         fold_resume = resume and tune.Tuner.can_restore(experiment_path(fs))
         counts = {k: fold.splits.count(k) for k in ("train", "val", "test")}
         print(
@@ -89,6 +75,30 @@ def run_cv(
     write_cv_outputs(report, done, run_dir)
     print(cv_summary(report, run_dir))
     return report
+
+
+def _write_folds(s: SearchSettings, data: PreparedData, folds: list[PreparedData]) -> None:
+    """Write split.csv (the fold of every image) and print the data and the fold sizes."""
+    fold_of = [
+        next(f for f, fd in enumerate(folds) if fd.splits[i] == "test") for i in range(len(data.splits))
+    ]
+    atomic_write_text(Path(s.run_dir) / "split.csv", folds_csv(data, fold_of))
+    sizes = [fold_of.count(f) for f in range(s.cv)]
+    print(
+        f"data: {data.images.source}{' (SYNTHETIC phantom set)' if data.synthetic else ''}: "
+        f"{len(data.images.records)} images {data.images.class_counts()}; {s.cv}-fold nested cross-validation, "
+        f"{'LEAKY random' if data.leaky else 'grouped'} folds of {sizes} images"
+    )
+
+
+def _fold_settings(s: SearchSettings, fold_dir: Path, f: int) -> SearchSettings:
+    """The settings of fold ``f``'s search (0-based): its own run folder and storage, no further folds."""
+    return dataclasses.replace(
+        s,
+        run_dir=str(fold_dir),
+        storage=f"{s.storage.rstrip('/')}/fold-{f + 1}" if s.storage else None,
+        cv=0,
+    )
 
 
 def folds_csv(data: PreparedData, fold_of: list[int]) -> str:

@@ -13,7 +13,7 @@ from modules.dataset import PreparedData
 from modules.files import atomic_write_json, atomic_write_text, csv_text
 from modules.statistics import BINARY_SCORES, MULTI_SCORES, N_BOOT, classification_metrics, group_bootstrap
 from tuning.backbone import cache_summary
-from tuning.formatting import fmt_ci, fmt_config
+from tuning.formatting import METRIC_ROWS, fmt_ci, fmt_config, fmt_mean_sd, fmt_metric
 from tuning.plots import plot_confusion, plot_roc, plot_roc_ovr
 from tuning.provenance import versions
 from tuning.settings import SearchSettings
@@ -31,65 +31,17 @@ def prediction_fields(classes) -> list[str]:
 
 
 def cv_report(s: SearchSettings, data: PreparedData, folds: list[dict], *, seconds: float, cache) -> dict:
+    """The report of a finished cross-validation from its ``folds`` (dicts of ``dir``, prediction ``rows`` and
+    search ``report``, in fold order); ``seconds``: the wall time of the whole run."""
     classes = list(data.images.classes)
-    positive = data.positive
-    keys = BINARY_SCORES if positive is not None else MULTI_SCORES
+    keys = _score_keys(data.positive)
     rows = [r for f in folds for r in f["rows"]]
-    probs = np.asarray([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
-    y = np.asarray([int(r["target"]) for r in rows])
-    groups = [r["group"] for r in rows]
-    correct_majority = 0
-    per_fold = []
-    for f in folds:
-        rep = f["report"]
-        test = rep["metrics"]["test"]
-        correct_majority += round(test["majority_baseline"] * test["n"])
-        per_fold.append(
-            {
-                "fold": int(f["rows"][0]["fold"]),
-                "inner_seed": rep["data"].get("fold", {}).get("inner_seed"),
-                "n": test["n"],
-                **{k: test[k] for k in keys},
-                "majority_baseline": test["majority_baseline"],
-                "best_config": rep["best_trial"]["config"],
-                "best_value": rep["best_trial"]["best_value"],
-                "refit_epochs": rep["config"]["max_epochs"],
-                "best_epoch": rep["best_epoch"],
-                "search_s": rep["time_s"].get("search"),
-                "refit_s": rep["time_s"].get("refit"),
-            }
-        )
-    baseline = correct_majority / len(y)
-    pooled = classification_metrics(
-        probs, y, classes, positive=positive, majority_baseline=baseline, seed=s.seed
+    per_fold = [_fold_row(f, keys) for f in folds]
+    # each fold predicts its training portion's majority class: the pooled baseline counts those hits
+    correct_majority = sum(round(p["majority_baseline"] * p["n"]) for p in per_fold)
+    pooled = _pooled_metrics(
+        rows, classes, positive=data.positive, majority_hits=correct_majority, seed=s.seed
     )
-    intervals = group_bootstrap(probs, y, groups, positive=positive, seed=s.seed)
-    for k in keys:  # the image-level intervals stay, under another name, for comparison
-        if f"{k}_ci95" in pooled:
-            pooled[f"{k}_ci95_independent"] = pooled[f"{k}_ci95"]
-        pooled[f"{k}_ci95"] = intervals[k]
-    pooled["independent_interval_method"] = "as if images were independent: " + pooled["interval_method"]
-    pooled["interval_method"] = INTERVAL_METHOD
-    spread = {
-        k: {
-            "mean": statistics.fmean(v),
-            "sd": statistics.stdev(v) if len(v) > 1 else math.nan,
-        }
-        for k in keys
-        if (v := [p[k] for p in per_fold if p[k] is not None and not math.isnan(p[k])])
-    }
-    first = folds[0]["report"]
-    search = dict(first.get("search", {}))
-    for key in (
-        "trials",
-        "failed_trials",
-        "wall_time_s",
-        "trial_time_s_median",
-        "trial_images_per_s_median",
-        "trials_per_hour",
-        "cache",
-    ):
-        search.pop(key, None)
     return {
         "kind": "cv",
         "command": s.command,
@@ -102,8 +54,8 @@ def cv_report(s: SearchSettings, data: PreparedData, folds: list[dict], *, secon
             "seed split_seed + 1 + fold index (0-based; inner_seed of each fold)",
             "folds": per_fold,
         },
-        "metrics": {"pooled": pooled, "per_fold": spread},
-        "search": {**search, "cache": _cv_cache_block(cache, folds)},
+        "metrics": {"pooled": pooled, "per_fold": _spread(per_fold, keys)},
+        "search": {**_search_settings(folds[0]["report"]), "cache": _cv_cache_block(cache, folds)},
         "time_s": {
             "total": round(seconds, 1),
             "search": round(sum(p["search_s"] or 0 for p in per_fold), 1),
@@ -119,6 +71,82 @@ def cv_report(s: SearchSettings, data: PreparedData, folds: list[dict], *, secon
     }
 
 
+def _score_keys(positive) -> tuple[str, ...]:
+    """The headline metrics: the two-class ones when there is a positive class, else the macro ones."""
+    return BINARY_SCORES if positive is not None else MULTI_SCORES
+
+
+def _pooled_arrays(rows: list[dict], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (n, N) and class indices (n,) of the out-of-fold prediction ``rows``."""
+    probs = np.asarray([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+    return probs, np.asarray([int(r["target"]) for r in rows])
+
+
+def _fold_row(fold: dict, keys: tuple[str, ...]) -> dict:
+    """One fold's line of the report: its test metrics, baseline, best config and times."""
+    rep = fold["report"]
+    test = rep["metrics"]["test"]
+    return {
+        "fold": int(fold["rows"][0]["fold"]),
+        "inner_seed": rep["data"].get("fold", {}).get("inner_seed"),
+        "n": test["n"],
+        **{k: test[k] for k in keys},
+        "majority_baseline": test["majority_baseline"],
+        "best_config": rep["best_trial"]["config"],
+        "best_value": rep["best_trial"]["best_value"],
+        "refit_epochs": rep["config"]["max_epochs"],
+        "best_epoch": rep["best_epoch"],
+        "search_s": rep["time_s"].get("search"),
+        "refit_s": rep["time_s"].get("refit"),
+    }
+
+
+def _pooled_metrics(
+    rows: list[dict], classes: list[str], *, positive: int | None, majority_hits: int, seed: int
+) -> dict:
+    """The metrics of the pooled out-of-fold predictions; their intervals resample whole duplicate groups (the
+    image-level intervals stay, under ``<key>_ci95_independent``, for comparison)."""
+    probs, y = _pooled_arrays(rows, classes)
+    groups = [r["group"] for r in rows]
+    pooled = classification_metrics(
+        probs, y, classes, positive=positive, majority_baseline=majority_hits / len(y), seed=seed
+    )
+    intervals = group_bootstrap(probs, y, groups, positive=positive, seed=seed)
+    for k in _score_keys(positive):
+        if f"{k}_ci95" in pooled:
+            pooled[f"{k}_ci95_independent"] = pooled[f"{k}_ci95"]
+        pooled[f"{k}_ci95"] = intervals[k]
+    pooled["independent_interval_method"] = "as if images were independent: " + pooled["interval_method"]
+    pooled["interval_method"] = INTERVAL_METHOD
+    return pooled
+
+
+def _spread(per_fold: list[dict], keys: tuple[str, ...]) -> dict:
+    """Mean and standard deviation over the folds of each metric (folds where it is undefined left out)."""
+    return {
+        k: {"mean": statistics.fmean(v), "sd": statistics.stdev(v) if len(v) > 1 else math.nan}
+        for k in keys
+        if (v := [p[k] for p in per_fold if p[k] is not None and not math.isnan(p[k])])
+    }
+
+
+def _search_settings(first: dict) -> dict:
+    """The search block of the first fold's report without its per-search counts and times (settings only:
+    every fold searched alike)."""
+    search = dict(first.get("search", {}))
+    for key in (
+        "trials",
+        "failed_trials",
+        "wall_time_s",
+        "trial_time_s_median",
+        "trial_images_per_s_median",
+        "trials_per_hour",
+        "cache",
+    ):
+        search.pop(key, None)
+    return search
+
+
 def _cv_cache_block(cache, folds: list[dict]) -> dict:
     block = cache_summary(cache)
     if block.get("enabled"):  # the trials that trained on the cache, over every fold's search
@@ -132,8 +160,7 @@ def write_cv_outputs(report: dict, folds: list[dict], run_dir: Path) -> None:
     classes = list(report["data"]["classes"])
     rows = [r for f in folds for r in f["rows"]]
     atomic_write_text(run_dir / "predictions.csv", csv_text(rows, prediction_fields(classes)))
-    probs = np.asarray([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
-    y = np.asarray([int(r["target"]) for r in rows])
+    probs, y = _pooled_arrays(rows, classes)
     m = report["metrics"]["pooled"]
     plot_confusion(
         m["confusion_matrix"],
@@ -152,49 +179,43 @@ def write_cv_outputs(report: dict, folds: list[dict], run_dir: Path) -> None:
     atomic_write_text(run_dir / "report.md", cv_markdown(report))
 
 
-def _pct(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
-
-
-def _mean_sd(spread: dict, k: str, pct: bool = True) -> str:
-    if k not in spread:
-        return "n/a"
-    mean, sd = spread[k]["mean"], spread[k]["sd"]
-    return f"{100 * mean:.1f} ± {100 * sd:.1f}" if pct else f"{mean:.3f} ± {sd:.3f}"
-
-
-METRIC_ROWS = {  # key -> (label, as a percentage)
-    "accuracy": ("accuracy", True),
-    "auroc": ("ROC AUC", False),
-    "sensitivity": ("sensitivity", True),
-    "specificity": ("specificity", True),
-    "auroc_macro": ("ROC AUC (macro, one-vs-rest)", False),
-    "recall_macro": ("recall (macro)", True),
-}
-
-
 def _keys(m: dict) -> tuple[str, ...]:
-    return BINARY_SCORES if m.get("positive_class") is not None else MULTI_SCORES
+    return _score_keys(m.get("positive_class"))
 
 
 def _value(m: dict, k: str) -> str:
     return fmt_ci(m[k], m[f"{k}_ci95"], pct=METRIC_ROWS[k][1])
 
 
-def _cell(v, pct: bool) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
-
-
 def cv_markdown(report: dict) -> str:
+    """report.md of a cross-validation: data and protocol, the pooled and per-fold metrics, one row per fold."""
     m = report["metrics"]["pooled"]
-    spread = report["metrics"]["per_fold"]
     d = report["data"]
-    cv = report["cv"]
-    s = report["search"]
-    leaky = d.get("leaky")
     keys = _keys(m)
+    order = ", ".join(m.get("confusion_labels", d["classes"]))
+    t = report["time_s"]
+    lines = [
+        *_md_header(report),
+        *_md_metric_table(m, report["metrics"]["per_fold"], keys),
+        "",
+        f"Intervals: {m['interval_method']}. Confusion matrix (rows true, columns predicted; {order}): "
+        f"{m['confusion_matrix']}.",
+        "",
+        *_md_fold_table(report["cv"]["folds"], keys),
+        "",
+        f"Time: {t['total']:.0f} s in all (searches {t['search']:.0f} s, refits {t['refit']:.0f} s). Each fold's "
+        "search report, trials and plots are in its `fold-<n>/` folder.",
+        "",
+        "Plots: ![roc.png](roc.png) ![confusion_matrix.png](confusion_matrix.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _md_header(report: dict) -> list[str]:
+    """The title, the command, the data (flagged when synthetic or leaky) and the protocol of report.md."""
+    d, cv, s = report["data"], report["cv"], report["search"]
+    leaky = d.get("leaky")
     positive = f"; positive class `{d['positive_class']}`" if d.get("positive_class") else ""
     lines = [
         f"# Cross-validated search report: {s.get('space', '?')}",
@@ -223,42 +244,36 @@ def cv_markdown(report: dict) -> str:
             else "."
         ),
         "",
-        "| metric | pooled out-of-fold (95% CI) | per-fold mean ± sd |",
-        "|---|---|---|",
     ]
+    return lines
+
+
+def _md_metric_table(m: dict, spread: dict, keys: tuple[str, ...]) -> list[str]:
+    """The pooled value (95% CI) and per-fold mean ± sd of every headline metric, the baseline under accuracy."""
+    lines = ["| metric | pooled out-of-fold (95% CI) | per-fold mean ± sd |", "|---|---|---|"]
     for k in keys:
         label, pct = METRIC_ROWS[k]
         n = f" (n={m['n']})" if k == "accuracy" else ""
-        lines.append(f"| {label} | {_value(m, k)}{n} | {_mean_sd(spread, k, pct)} |")
+        lines.append(f"| {label} | {_value(m, k)}{n} | {fmt_mean_sd(spread, k, pct)} |")
         if k == "accuracy":
-            lines.append(f"| majority baseline | {_pct(m['majority_baseline'])} | |")
-    order = ", ".join(m.get("confusion_labels", d["classes"]))
-    lines += [
-        "",
-        f"Intervals: {m['interval_method']}. Confusion matrix (rows true, columns predicted; {order}): "
-        f"{m['confusion_matrix']}.",
-        "",
-        "| fold | n | "
-        + " | ".join(METRIC_ROWS[k][0] for k in keys)
-        + " | majority | refit epochs | best config |",
+            lines.append(f"| majority baseline | {fmt_metric(m['majority_baseline'], pct=True)} | |")
+    return lines
+
+
+def _md_fold_table(folds: list[dict], keys: tuple[str, ...]) -> list[str]:
+    """One row per fold: its size, headline metrics, majority baseline, refit epochs and best config."""
+    heads = " | ".join(METRIC_ROWS[k][0] for k in keys)
+    lines = [
+        f"| fold | n | {heads} | majority | refit epochs | best config |",
         "|---|---|" + "---|" * len(keys) + "---|---|---|",
     ]
-    for p in cv["folds"]:
-        cells = " | ".join(_cell(p[k], METRIC_ROWS[k][1]) for k in keys)
+    for p in folds:
+        cells = " | ".join(fmt_metric(p[k], pct=METRIC_ROWS[k][1]) for k in keys)
+        majority = fmt_metric(p["majority_baseline"], pct=True)
         lines.append(
-            f"| {p['fold']} | {p['n']} | {cells} | {_pct(p['majority_baseline'])} | {p['refit_epochs']} | "
-            f"{fmt_config(p['best_config'])} |"
+            f"| {p['fold']} | {p['n']} | {cells} | {majority} | {p['refit_epochs']} | {fmt_config(p['best_config'])} |"
         )
-    t = report["time_s"]
-    lines += [
-        "",
-        f"Time: {t['total']:.0f} s in all (searches {t['search']:.0f} s, refits {t['refit']:.0f} s). Each fold's "
-        "search report, trials and plots are in its `fold-<n>/` folder.",
-        "",
-        "Plots: ![roc.png](roc.png) ![confusion_matrix.png](confusion_matrix.png)",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def cv_summary(report: dict, run_dir: Path) -> str:
@@ -271,10 +286,10 @@ def cv_summary(report: dict, run_dir: Path) -> str:
     ]
     for k in _keys(m):
         label, pct = METRIC_ROWS[k]
-        extra = f"  n={m['n']}, per fold {_mean_sd(spread, k, pct)}" if k == "accuracy" else ""
+        extra = f"  n={m['n']}, per fold {fmt_mean_sd(spread, k, pct)}" if k == "accuracy" else ""
         rows.append((f"{label} (95% CI)", _value(m, k) + extra))
         if k == "accuracy":
-            rows.append(("majority baseline", _pct(m["majority_baseline"])))
+            rows.append(("majority baseline", fmt_metric(m["majority_baseline"], pct=True)))
     rows += [
         ("intervals", "bootstrap over duplicate groups of the pooled out-of-fold predictions"),
         ("files", f"{run_dir}/ (report.json, report.md, predictions.csv, split.csv, plots, fold-<n>/)"),

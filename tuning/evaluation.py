@@ -21,7 +21,7 @@ from modules.checkpoint import (
 )
 from modules.duplicates import DEFAULT_THRESHOLD, group_duplicates
 from modules.files import atomic_write_json, atomic_write_text
-from modules.ingest import ImageSet, load_image_set
+from modules.ingest import ImageRecord, ImageSet, load_image_set
 from modules.sources import display_path
 from modules.statistics import classification_metrics
 from tuning.formatting import summary_lines
@@ -129,18 +129,66 @@ def run_evaluation(
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
     network, meta = load_classifier(checkpoint)
-    classes, positive = list(meta["classes"]), meta["positive_class"]
-    images = load_image_set(data, classes=classes, strict=strict, warn=warn)
-    notes = []
-    if images.fingerprint == (meta.get("data") or {}).get("fingerprint"):
-        notes.append(
+    images = load_image_set(data, classes=list(meta["classes"]), strict=strict, warn=warn)
+    notes = _training_set_notes(images, meta)
+    recs, exclusion = _images_to_score(images, exclude_duplicates_of, threshold=near_threshold, warn=warn)
+    probs_all, y, test, pred = _score(network, meta, recs, threshold=threshold, batch_size=batch_size)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _write_predictions(out, meta, recs, probs_all, pred, y, test)
+    synthetic = bool(notes and _trained_on(meta).get("synthetic"))
+    report = {
+        "kind": "evaluate",
+        "command": command,
+        "data": _data_block(images, recs, list(meta["classes"]), exclusion, synthetic=synthetic),
+        "model": model_info(meta),
+        "config": meta.get("config"),
+        "metrics": {"test": test},
+        "exclusion": exclusion,
+        "notes": notes,
+        "versions": versions(),
+        "artifacts": {
+            "checkpoint": str(checkpoint),
+            "predictions": "predictions.csv",
+            "plots": [p.name for p in plots if p is not None],
+        },
+    }
+    atomic_write_json(out / "report.json", report)
+    return report
+
+
+def _trained_on(meta: dict) -> dict:
+    """The checkpoint's description of its training data ({} when it has none)."""
+    return meta.get("data") or {}
+
+
+def _training_set_notes(images: ImageSet, meta: dict) -> list[str]:
+    """A warning when ``images`` is the very set the model was trained on (same fingerprint); else none."""
+    if images.fingerprint == _trained_on(meta).get("fingerprint"):
+        return [
             "this is the data set the model was trained on (all of its splits, training images included): "
             "these scores are optimistic, not a test result"
-        )
+        ]
+    return []
+
+
+def _images_to_score(
+    images: ImageSet, exclude_duplicates_of, *, threshold: float, warn
+) -> tuple[list[ImageRecord], dict | None]:
+    """The records to score (all of ``images``, or those no copy of the set at ``exclude_duplicates_of``) and
+    the report's ``exclusion`` block (None when nothing was excluded by request)."""
     keep, exclusion = list(range(len(images.records))), None
     if exclude_duplicates_of is not None:
-        keep, exclusion = exclude_copies(images, exclude_duplicates_of, threshold=near_threshold, warn=warn)
-    recs = [images.records[i] for i in keep]
+        keep, exclusion = exclude_copies(images, exclude_duplicates_of, threshold=threshold, warn=warn)
+    return [images.records[i] for i in keep], exclusion
+
+
+def _score(network, meta: dict, recs: list[ImageRecord], *, threshold: float, batch_size: int):
+    """(class probabilities (n, N), class indices (n,), metrics, decided labels) of ``recs``. The majority
+    baseline is the evaluated set's own: the share of its most frequent class (ties: the positive class, then
+    the class listed first)."""
+    classes, positive = list(meta["classes"]), meta["positive_class"]
     probs_all = predict_probabilities(
         network, [r.pixels for r in recs], eval_transform(meta), batch_size=batch_size
     )
@@ -160,17 +208,22 @@ def run_evaluation(
     test["majority_baseline_of"] = (
         f"the evaluated set: the share of its majority class '{majority}' (always predicting '{majority}')"
     )
-    pred = decide_labels(probs_all, meta, threshold=threshold)
+    return probs_all, y, test, decide_labels(probs_all, meta, threshold=threshold)
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+
+def _write_predictions(
+    out: Path, meta: dict, recs: list[ImageRecord], probs_all: np.ndarray, pred: list[str], y, test: dict
+) -> list:
+    """``predictions.csv``, the confusion matrix and the ROC (one-vs-rest for more than two classes) under
+    ``out``; returns the plots written (None for one left out)."""
+    classes, pos = list(meta["classes"]), positive_index(meta)
     atomic_write_text(
         out / "predictions.csv",
         _predictions_csv(
             [display_path(r.path) for r in recs], [r.label for r in recs], probs_all, pred, classes, pos
         ),
     )
-    plots = [
+    return [
         plot_confusion(
             test["confusion_matrix"],
             test["confusion_labels"],
@@ -181,35 +234,25 @@ def run_evaluation(
         if pos is not None
         else plot_roc_ovr(probs_all, y, classes, out / "roc.png", title="one-vs-rest ROC (evaluated set)"),
     ]
-    report = {
-        "kind": "evaluate",
-        "command": command,
-        "data": {
-            "source": images.source,
-            "fingerprint": images.fingerprint,
-            "synthetic": bool(notes and (meta.get("data") or {}).get("synthetic")),
-            "files": len(images.records),
-            "classes": images.class_counts(),
-            "skipped": len(images.skipped),
-            "skipped_files": [{"path": display_path(s.path), "reason": s.reason} for s in images.skipped],
-            "excluded": 0 if exclusion is None else exclusion["excluded"],
-            "evaluated": len(recs),
-            "evaluated_classes": {c: counts.get(c, 0) for c in classes},
-        },
-        "model": model_info(meta),
-        "config": meta.get("config"),
-        "metrics": {"test": test},
-        "exclusion": exclusion,
-        "notes": notes,
-        "versions": versions(),
-        "artifacts": {
-            "checkpoint": str(checkpoint),
-            "predictions": "predictions.csv",
-            "plots": [p.name for p in plots if p is not None],
-        },
+
+
+def _data_block(
+    images: ImageSet, recs: list[ImageRecord], classes: list[str], exclusion: dict | None, *, synthetic: bool
+) -> dict:
+    """The report's ``data``: the set read (files, classes, what was skipped) and the part of it scored."""
+    counts = Counter(r.label for r in recs)
+    return {
+        "source": images.source,
+        "fingerprint": images.fingerprint,
+        "synthetic": synthetic,
+        "files": len(images.records),
+        "classes": images.class_counts(),
+        "skipped": len(images.skipped),
+        "skipped_files": [{"path": display_path(s.path), "reason": s.reason} for s in images.skipped],
+        "excluded": 0 if exclusion is None else exclusion["excluded"],
+        "evaluated": len(recs),
+        "evaluated_classes": {c: counts.get(c, 0) for c in classes},
     }
-    atomic_write_json(out / "report.json", report)
-    return report
 
 
 def evaluation_summary(report: dict, out: Path) -> str:

@@ -57,6 +57,31 @@ def summary_lines(m: dict) -> list[str]:
     ]
 
 
+METRIC_ROWS = {  # key -> (label, as a percentage)
+    "accuracy": ("accuracy", True),
+    "auroc": ("ROC AUC", False),
+    "sensitivity": ("sensitivity", True),
+    "specificity": ("specificity", True),
+    "auroc_macro": ("ROC AUC (macro, one-vs-rest)", False),
+    "recall_macro": ("recall (macro)", True),
+}
+
+
+def fmt_metric(v, *, pct: bool) -> str:
+    """A value as a percentage with one decimal, or to 3 decimals; "n/a" when None or nan."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+
+def fmt_mean_sd(spread: dict, k: str, pct: bool = True) -> str:
+    """``spread[k]``'s "mean ± sd" (in percent points when ``pct``); "n/a" when ``k`` has none."""
+    if k not in spread:
+        return "n/a"
+    mean, sd = spread[k]["mean"], spread[k]["sd"]
+    return f"{100 * mean:.1f} ± {100 * sd:.1f}" if pct else f"{mean:.3f} ± {sd:.3f}"
+
+
 def fmt_config(cfg: dict) -> str:
     """A config on one line, keys sorted, floats to 3 significant digits."""
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(cfg.items()))

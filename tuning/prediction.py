@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from PIL import Image
+from torch import nn
 
 from modules.checkpoint import (
     decide_labels,
@@ -26,7 +27,7 @@ from modules.decode import KEEP_MAX_SIDE, read_image, shrink  # the ingest's own
 from modules.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from modules.gradcam import crop_box_in, default_target_layer, grad_cam, to_image_geometry
 from modules.sources import DatasetError, display_path, folder_entries, is_hidden, read_limited
-from modules.transforms import to_tensor
+from modules.transforms import Preprocessing, to_tensor
 
 CSV_FIELDS = (
     "path",
@@ -112,6 +113,29 @@ def _heatmap_name(n: int, path: str) -> str:
     return f"heatmaps/{n:04d}-{stem}.png"
 
 
+@dataclass(frozen=True)
+class _Model:
+    """A loaded classifier and what predicting with it needs: its description (``load_classifier``'s meta),
+    evaluation transform, positive class index (None for more classes), classes, preprocessing and the layer
+    Grad-CAM explains."""
+
+    network: nn.Module
+    meta: dict
+    transform: Callable
+    pos: int | None
+    classes: list[str]
+    pre: Preprocessing
+    layer: nn.Module
+
+
+def _load_model(checkpoint: str | Path) -> _Model:
+    """Read ``checkpoint`` (``modules.checkpoint.load_classifier``) and derive what prediction needs."""
+    network, meta = load_classifier(checkpoint)
+    transform, pos, classes = eval_transform(meta), positive_index(meta), list(meta["classes"])
+    pre, layer = preprocessing(meta), default_target_layer(network)
+    return _Model(network, meta, transform, pos, classes, pre, layer)
+
+
 def run_prediction(
     checkpoint: str | Path,
     inputs: list[str | Path],
@@ -127,9 +151,7 @@ def run_prediction(
     model of more classes) and the checkpoint's description (``modules.checkpoint.load_classifier``)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
-    network, meta = load_classifier(checkpoint)
-    transform, pos, classes = eval_transform(meta), positive_index(meta), list(meta["classes"])
-    pre, layer = preprocessing(meta), default_target_layer(network)
+    model = _load_model(checkpoint)
     sources = collect_sources(inputs)
     if not sources:
         raise ValueError(
@@ -137,42 +159,56 @@ def run_prediction(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for n, source in enumerate(sources):
-        row = dict.fromkeys(CSV_FIELDS, None) | {"path": source.path, "error": "", "probs": None}
-        image, row["error"] = read_image(source.read, source.problem)
-        if image is not None:
-            pixels = image.pixels
-            shown = shrink(pixels, KEEP_MAX_SIDE)  # what ingest keeps, so the numbers match tuning.evaluate
-            probs = predict_probabilities(network, [shown], transform)
-            row["probs"] = {c: float(p) for c, p in zip(classes, probs[0], strict=True)}
-            row["probability"] = None if pos is None else float(probs[0, pos])
-            row["label"] = decide_labels(probs, meta, threshold=threshold)[0]
-            row["height"], row["width"] = pixels.shape
-            if heatmaps:
-                explained = pos if pos is not None else classes.index(row["label"])
-                row["heatmap_class"] = classes[explained]
-                cam = grad_cam(network, transform(to_tensor(shown))[None], layer, explained)
-                heat = to_image_geometry(cam, pre, *pixels.shape, box=crop_box_in(pixels.shape, shown, pre))
-                row["heatmap"] = _heatmap_name(n, source.path)
-                atomic_write_bytes(out / row["heatmap"], _png(overlay(pixels, heat)))
-        rows.append(row)
-    atomic_write_text(out / "predictions.csv", _csv(rows, classes))
+    rows = [
+        _predict_source(model, n, source, threshold=threshold, heatmaps=heatmaps, out=out)
+        for n, source in enumerate(sources)
+    ]
+    atomic_write_text(out / "predictions.csv", _csv(rows, model.classes))
     atomic_write_json(
-        out / "predict.json",
-        {
-            "kind": "predict",
-            "command": command,
-            "model": model_info(meta),
-            "threshold": threshold,
-            "heatmap": f"Grad-CAM of the {'positive' if pos is not None else 'predicted'} class at "
-            + ("backbone.layer4" if meta["model"] == "resnet50" else "the last conv block's ReLU"),
-            "images": len(rows),
-            "unreadable": sum(1 for r in rows if r["error"]),
-            "artifacts": {"predictions": "predictions.csv", "heatmaps": "heatmaps/" if heatmaps else None},
-        },
+        out / "predict.json", _run_info(model, rows, threshold=threshold, heatmaps=heatmaps, command=command)
     )
-    return rows, meta
+    return rows, model.meta
+
+
+def _predict_source(
+    model: _Model, n: int, source: Source, *, threshold: float, heatmaps: bool, out: Path
+) -> dict:
+    """The CSV row of the ``n``-th input (0-based), its heat map written under ``out`` when ``heatmaps``."""
+    row = dict.fromkeys(CSV_FIELDS, None) | {"path": source.path, "error": "", "probs": None}
+    image, row["error"] = read_image(source.read, source.problem)
+    if image is None:
+        return row
+    pixels = image.pixels
+    shown = shrink(pixels, KEEP_MAX_SIDE)  # what ingest keeps, so the numbers match tuning.evaluate
+    probs = predict_probabilities(model.network, [shown], model.transform)
+    row["probs"] = {c: float(p) for c, p in zip(model.classes, probs[0], strict=True)}
+    row["probability"] = None if model.pos is None else float(probs[0, model.pos])
+    row["label"] = decide_labels(probs, model.meta, threshold=threshold)[0]
+    row["height"], row["width"] = pixels.shape
+    if heatmaps:
+        explained = model.pos if model.pos is not None else model.classes.index(row["label"])
+        row["heatmap_class"] = model.classes[explained]
+        cam = grad_cam(model.network, model.transform(to_tensor(shown))[None], model.layer, explained)
+        box = crop_box_in(pixels.shape, shown, model.pre)
+        heat = to_image_geometry(cam, model.pre, *pixels.shape, box=box)
+        row["heatmap"] = _heatmap_name(n, source.path)
+        atomic_write_bytes(out / row["heatmap"], _png(overlay(pixels, heat)))
+    return row
+
+
+def _run_info(model: _Model, rows: list[dict], *, threshold: float, heatmaps: bool, command: str) -> dict:
+    """predict.json: the command, the model, the threshold, how the heat maps were made, the counts."""
+    return {
+        "kind": "predict",
+        "command": command,
+        "model": model_info(model.meta),
+        "threshold": threshold,
+        "heatmap": f"Grad-CAM of the {'positive' if model.pos is not None else 'predicted'} class at "
+        + ("backbone.layer4" if model.meta["model"] == "resnet50" else "the last conv block's ReLU"),
+        "images": len(rows),
+        "unreadable": sum(1 for r in rows if r["error"]),
+        "artifacts": {"predictions": "predictions.csv", "heatmaps": "heatmaps/" if heatmaps else None},
+    }
 
 
 def _csv(rows: list[dict], classes: list[str]) -> str:

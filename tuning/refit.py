@@ -37,11 +37,9 @@ def refit_and_report(
     trials = collect_trials(grid, metric=metric, mode=mode)
     write_trials_csv(trials, run_dir / "trials.csv")
     curves = plot_trial_curves(trials, run_dir / "trial_curves.png", metric=metric, max_t=s.max_epochs)
-    ok = [t for t in trials if t["best_value"] is not None]
-    if not ok:
-        warn(f"every trial failed; see {run_dir / 'trials.csv'} for the errors")
+    ranked = _ranked(trials, mode=mode, run_dir=run_dir)
+    if not ranked:
         return None
-    ranked = sorted(ok, key=lambda t: t["best_value"], reverse=mode == "max")
     best = ranked[0]
     best_cfg = _refit_config(s, best)
     print(
@@ -60,20 +58,7 @@ def refit_and_report(
         backbone_state=weights,
         cache=cache,
         test_outputs=outputs,
-        extra_report={
-            "best_trial": {
-                k: best[k] for k in ("trial_id", "config", "best_value", "best_iteration", "iterations")
-            },
-            "search": {
-                **search_block(
-                    s,
-                    trials,
-                    search_seconds,
-                    images_per_epoch=len(data.indices("train")) + len(data.indices("val")),
-                ),
-                "cache": cache_summary(cache, sum(bool(t.get("cached")) for t in trials)),
-            },
-        },
+        extra_report=_search_extra(s, data, trials, best, search_seconds=search_seconds, cache=cache),
     )
     if s.ensemble > 1:
         _refit_ensemble(s, data, ranked[: s.ensemble], weights, cache, report, outputs)
@@ -81,12 +66,46 @@ def refit_and_report(
         test_outputs.update(outputs)
     report["time_s"]["refit"] = round(time.perf_counter() - started, 2)
     report["time_s"]["search"] = round(search_seconds, 2)
+    _write_report(report, trials, curves, run_dir)
+    return report
+
+
+def _ranked(trials: list[dict], *, mode: str, run_dir: Path) -> list[dict]:
+    """The trials that reported a value, best first; none (with a warning) when every trial failed."""
+    ok = [t for t in trials if t["best_value"] is not None]
+    if not ok:
+        warn(f"every trial failed; see {run_dir / 'trials.csv'} for the errors")
+    return sorted(ok, key=lambda t: t["best_value"], reverse=mode == "max")
+
+
+def _write_report(report: dict, trials: list[dict], curves: Path, run_dir: Path) -> None:
+    """Add the trials table and curves to the refit's report, write report.json and report.md, print the
+    summary."""
     report["artifacts"]["plots"] = [curves.name, *report["artifacts"]["plots"]]
     report["artifacts"]["trials"] = "trials.csv"
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", render_markdown(report, trials))
     print(summary_table(report, run_dir))
-    return report
+
+
+def _search_extra(
+    s: SearchSettings, data: PreparedData, trials: list[dict], best: dict, *, search_seconds: float, cache
+) -> dict:
+    """What a search adds to the refit's report: the best trial and the search's settings, counts and cache."""
+    return {
+        "best_trial": {
+            k: best[k] for k in ("trial_id", "config", "best_value", "best_iteration", "iterations")
+        },
+        "search": {
+            **search_block(
+                s,
+                trials,
+                search_seconds,
+                images_per_epoch=len(data.indices("train")) + len(data.indices("val")),
+            ),
+            "cache": cache_summary(cache, sum(bool(t.get("cached")) for t in trials)),
+        },
+    }
 
 
 def _refit_config(s: SearchSettings, trial: dict) -> TrainConfig:

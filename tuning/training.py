@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -24,6 +25,8 @@ from tuning.cli import set_threads
 from tuning.config import TrainConfig
 from tuning.plots import plot_confusion, plot_loss_curves, plot_roc, plot_roc_ovr
 from tuning.provenance import versions
+
+_LIGHTNING_DIR = "lightning_checkpoints"  # Lightning's own checkpoints, removed once model.pt is written
 
 
 def run_training(
@@ -52,6 +55,26 @@ def run_training(
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     atomic_write_text(out / "split.csv", data.split_csv())
 
+    module, weights_desc, dm, cached = _build_run(cfg, data, backbone_state=backbone_state, cache=cache)
+    fit = _fit_and_test(cfg, module, dm, out, progress=progress, cached=cached)
+    if test_outputs is not None:
+        test_outputs.update(module.test_outputs)
+    probs, targets, test = _test_metrics(cfg, data, module.test_outputs)
+    _export_checkpoint(out, module.network, cfg, data, weights_desc=weights_desc, best_epoch=fit.best_epoch)
+    plots = _plot_run(cfg, data, test, probs, targets, out)
+    report = {
+        **_report(
+            cfg, data, fit, test, plots, kind=kind, command=command, weights=weights_desc, cached=cached
+        ),
+        **(extra_report or {}),
+    }
+    atomic_write_json(out / "report.json", report)
+    return report
+
+
+def _build_run(cfg: TrainConfig, data: PreparedData, *, backbone_state, cache):
+    """The run's ``ClassifierModule``, the description of its starting weights and its datamodule, and whether
+    it trains on ``cache`` (only when the cache fits ``cfg``): (module, weights_desc, datamodule, cached)."""
     trial_data = data.trial_data()
     weights = engine.balanced_weights(trial_data) if cfg.class_weights == "balanced" else None
     cached = cache is not None and cache_fits(cache, cfg)
@@ -64,9 +87,29 @@ def run_training(
         cached_depth=cfg.unfreeze_depth if cached else None,
     )
     dm = engine.build_datamodule(cfg, trial_data, cache=cache.with_splits(data.splits) if cached else None)
-    ckpt_dir = out / "lightning_checkpoints"
+    return module, weights_desc, dm, cached
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """What a fit left: the best epoch (-1 when none was saved), its ``cfg.monitor`` value (None when none),
+    the epochs trained and the fit's wall time in seconds."""
+
+    best_epoch: int
+    best_value: float | None
+    epochs_trained: int
+    seconds: float
+
+
+def _fit_and_test(cfg: TrainConfig, module, dm, out: Path, *, progress: bool, cached: bool) -> _Fit:
+    """Fit with early stopping on ``cfg.monitor``, logging to ``out/metrics.csv`` and keeping the best epoch's
+    Lightning checkpoint under ``out/lightning_checkpoints``; then test that checkpoint once."""
     checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, monitor=cfg.monitor, mode=cfg.monitor_mode, save_top_k=1, filename="best-{epoch}"
+        dirpath=out / _LIGHTNING_DIR,
+        monitor=cfg.monitor,
+        mode=cfg.monitor_mode,
+        save_top_k=1,
+        filename="best-{epoch}",
     )
     stopper = EarlyStopping(monitor=cfg.monitor, mode=cfg.monitor_mode, patience=cfg.patience)
     logger = CSVLogger(save_dir=str(out), name="", version="")
@@ -85,19 +128,28 @@ def run_training(
     best_path = checkpoint.best_model_path
     best_epoch = _epoch_of(best_path)
     trainer.test(module, datamodule=dm, ckpt_path=best_path or None, verbose=False)
+    return _Fit(best_epoch, _float(checkpoint.best_model_score), trainer.current_epoch, fit_seconds)
 
-    if test_outputs is not None:
-        test_outputs.update(module.test_outputs)
-    outputs = module.test_outputs
+
+def _test_metrics(cfg: TrainConfig, data: PreparedData, outputs: dict):
+    """(probabilities (n, N), class indices (n,), the test metrics beside the test split's majority baseline)."""
     labels = data.images.classes
     baseline = majority_baselines(data.images.labels, data.splits, labels)["test"]["accuracy"]
     probs, targets = outputs["probs_all"].numpy(), outputs["labels"].numpy()
     test = classification_metrics(
         probs, targets, labels, positive=data.positive, majority_baseline=baseline, seed=cfg.seed
     )
+    return probs, targets, test
+
+
+def _export_checkpoint(
+    out: Path, network, cfg: TrainConfig, data: PreparedData, *, weights_desc, best_epoch: int
+) -> None:
+    """Write ``out/model.pt``, the self-describing checkpoint of the network as tested (the best epoch)."""
+    labels = data.images.classes
     write_checkpoint(
         out / "model.pt",
-        module.network,
+        network,
         model=cfg.model,
         network_hparams=engine.network_hparams(cfg),
         num_classes=len(labels),
@@ -110,11 +162,14 @@ def run_training(
         best_epoch=best_epoch,
         versions=versions(),
     )
-    shutil.rmtree(
-        ckpt_dir, ignore_errors=True
-    )  # model.pt holds the best epoch; Lightning's copy is redundant
+    # model.pt holds the best epoch; Lightning's copy is redundant
+    shutil.rmtree(out / _LIGHTNING_DIR, ignore_errors=True)
 
-    plots = [
+
+def _plot_run(cfg: TrainConfig, data: PreparedData, test: dict, probs, targets, out: Path) -> list:
+    """The loss curves, the test confusion matrix and ROC (one-vs-rest for more than two classes) under
+    ``out``; returns the paths written (None for a plot left out)."""
+    return [
         plot_loss_curves(
             out / "metrics.csv",
             out / "loss_curves.png",
@@ -129,25 +184,36 @@ def run_training(
         ),
         plot_roc(probs[:, data.positive], targets == data.positive, out / "roc.png")
         if data.positive is not None
-        else plot_roc_ovr(probs, targets, labels, out / "roc.png"),
+        else plot_roc_ovr(probs, targets, data.images.classes, out / "roc.png"),
     ]
-    report = {
+
+
+def _report(
+    cfg: TrainConfig,
+    data: PreparedData,
+    fit: _Fit,
+    test: dict,
+    plots: list,
+    *,
+    kind: str,
+    command: str,
+    weights: str,
+    cached: bool,
+) -> dict:
+    """The run's report.json: what ran on what (config, data, weights, versions), the selection and the test."""
+    return {
         "kind": kind,
         "command": command,
         "data": data.data_info(),
         "config": cfg.to_dict(),
-        "weights": weights_desc,
+        "weights": weights,
         "trained_on_feature_cache": cached,
         "precision": engine.resolve_precision(cfg),  # what "auto" meant on this machine
-        "best_epoch": best_epoch,
-        "epochs_trained": trainer.current_epoch,
-        "selection": {
-            "metric": cfg.monitor,
-            "mode": cfg.monitor_mode,
-            "value": _float(checkpoint.best_model_score),
-        },
+        "best_epoch": fit.best_epoch,
+        "epochs_trained": fit.epochs_trained,
+        "selection": {"metric": cfg.monitor, "mode": cfg.monitor_mode, "value": fit.best_value},
         "metrics": {"test": test},
-        "time_s": {"fit": round(fit_seconds, 2)},
+        "time_s": {"fit": round(fit.seconds, 2)},
         "versions": versions(),
         "artifacts": {
             "checkpoint": "model.pt",
@@ -155,10 +221,7 @@ def run_training(
             "plots": [p.name for p in plots if p is not None],
             "split": "split.csv",
         },
-        **(extra_report or {}),
     }
-    atomic_write_json(out / "report.json", report)
-    return report
 
 
 def _epoch_of(path: str) -> int:
