@@ -15,6 +15,7 @@ Values are stored as float16 NumPy arrays (compact, and shared zero-copy through
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -159,74 +160,105 @@ def build_feature_cache(
     so that one cache serves all its folds. ``precision``: "32" computes in float32; "bf16" under bfloat16
     autocast (about twice as fast on a CPU with bf16 support and on GPUs; values within bf16 rounding of the
     float32 ones, which the float16 storage rounds again anyway)."""
-    if precision not in CACHE_PRECISIONS:
-        raise ValueError(f"cache precision must be one of {', '.join(CACHE_PRECISIONS)}, got {precision!r}")
-    import time
-
-    depths = sorted({int(d) for d in depths if int(d) in CUT_AFTER})
-    if views < 1:
-        raise ValueError(f"views must be >= 1, got {views}")
-    n = len(images)
-    if not (len(targets) == len(splits) == n):
-        raise ValueError(f"images, targets, splits differ in length: {n}, {len(targets)}, {len(splits)}")
-    train_on = [s == "train" for s in splits] if train_on is None else [bool(t) for t in train_on]
-    evaluate_on = [s != "train" for s in splits] if evaluate_on is None else [bool(e) for e in evaluate_on]
-    train_idx = [i for i in range(n) if train_on[i]]
-    eval_idx = [i for i in range(n) if evaluate_on[i]]
-    need = estimate_bytes(
-        n_train=len(train_idx),
-        n_eval=len(eval_idx),
-        views=views,
-        image_size=preprocessing.image_size,
-        depths=depths,
-    )
-    if max_bytes is not None and need > max_bytes:
-        raise CacheTooLarge(
-            f"the feature cache would take {need / 1e9:.2f} GB ({len(train_idx)} training images x {views} "
-            f"views, {len(eval_idx)} evaluation views, depths {depths}, {preprocessing.image_size} px), over "
-            f"the limit of {max_bytes / 1e9:.2f} GB; raise --cache-max-gb, lower --cache-views or the image "
-            "size, or run with --no-cache"
-        )
+    depths = _checked_depths(depths, views=views, precision=precision)
+    train_idx, eval_idx = _chosen_images(len(images), targets, splits, train_on, evaluate_on)
+    _check_size(len(train_idx), len(eval_idx), views, preprocessing.image_size, depths, max_bytes)
     started = time.perf_counter()
     backbone = network.backbone.to(device).eval()
-    wanted = {CUT_AFTER[d] for d in depths}
+    encoder = _Encoder(backbone, preprocessing, depths, batch_size, device, precision)
     torch.manual_seed(seed)
-    arrays = {}
-    for kind, idx, k in (("train", train_idx, views), ("eval", eval_idx, 1)):
-        transform = build_transform(preprocessing, train=kind == "train")
-        pooled = np.zeros((len(idx), k, POOLED), np.float16)
-        cut = {
-            d: np.zeros((len(idx), k, *cut_shape(d, preprocessing.image_size)), np.float16) for d in depths
-        }
-        jobs = [(row, v, idx[row]) for v in range(k) for row in range(len(idx))]
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
-            x = torch.stack([transform(to_tensor(images[i])) for _, _, i in chunk]).to(device)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                outs, feats = _cut_outputs(backbone, x.contiguous(memory_format=torch.channels_last), wanted)
-            rows = [r for r, _, _ in chunk]
-            cols = [v for _, v, _ in chunk]
-            pooled[rows, cols] = feats.float().cpu().numpy().astype(np.float16)
-            for d in depths:
-                cut[d][rows, cols] = outs[CUT_AFTER[d]].float().cpu().numpy().astype(np.float16)
-        arrays[kind] = (pooled, cut)
-
-    def index_of(chosen: list[int]) -> np.ndarray:
-        index = np.full(n, -1, np.int64)
-        index[chosen] = np.arange(len(chosen))
-        return index
-
+    train_pooled, train_cut = encoder.encode(images, train_idx, views, train=True)
+    eval_pooled, eval_cut = encoder.encode(images, eval_idx, 1, train=False)
     return FeatureCache(
-        train_pooled=arrays["train"][0],
-        eval_pooled=arrays["eval"][0],
-        train_cut=arrays["train"][1],
-        eval_cut=arrays["eval"][1],
+        train_pooled=train_pooled,
+        eval_pooled=eval_pooled,
+        train_cut=train_cut,
+        eval_cut=eval_cut,
         image_targets=np.asarray(targets, dtype=np.int64),
-        train_index=index_of(train_idx),
-        eval_index=index_of(eval_idx),
+        train_index=_row_index(len(images), train_idx),
+        eval_index=_row_index(len(images), eval_idx),
         splits=tuple(splits),
         views=views,
         image_size=preprocessing.image_size,
         build_seconds=time.perf_counter() - started,
         info={"precision": precision},
     )
+
+
+def _checked_depths(depths: Iterable[int], *, views: int, precision: str) -> list[int]:
+    """The unfreeze depths that have a cut, sorted; refuses an unknown ``precision`` and ``views`` < 1."""
+    if precision not in CACHE_PRECISIONS:
+        raise ValueError(f"cache precision must be one of {', '.join(CACHE_PRECISIONS)}, got {precision!r}")
+    depths = sorted({int(d) for d in depths if int(d) in CUT_AFTER})
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
+    return depths
+
+
+def _chosen_images(
+    n: int, targets: Sequence[int], splits: Sequence[str], train_on, evaluate_on
+) -> tuple[list[int], list[int]]:
+    """(indices of the images that get training views, indices of those that get an evaluation view)."""
+    if not (len(targets) == len(splits) == n):
+        raise ValueError(f"images, targets, splits differ in length: {n}, {len(targets)}, {len(splits)}")
+    train_on = [s == "train" for s in splits] if train_on is None else [bool(t) for t in train_on]
+    evaluate_on = [s != "train" for s in splits] if evaluate_on is None else [bool(e) for e in evaluate_on]
+    return [i for i in range(n) if train_on[i]], [i for i in range(n) if evaluate_on[i]]
+
+
+def _check_size(
+    n_train: int, n_eval: int, views: int, image_size: int, depths: list[int], max_bytes: int | None
+) -> None:
+    """Raise ``CacheTooLarge`` when the cache would take over ``max_bytes`` (None: no limit)."""
+    need = estimate_bytes(n_train=n_train, n_eval=n_eval, views=views, image_size=image_size, depths=depths)
+    if max_bytes is not None and need > max_bytes:
+        raise CacheTooLarge(
+            f"the feature cache would take {need / 1e9:.2f} GB ({n_train} training images x {views} "
+            f"views, {n_eval} evaluation views, depths {depths}, {image_size} px), over "
+            f"the limit of {max_bytes / 1e9:.2f} GB; raise --cache-max-gb, lower --cache-views or the image "
+            "size, or run with --no-cache"
+        )
+
+
+@dataclass(frozen=True)
+class _Encoder:
+    """The frozen backbone (on ``device``, in eval mode) and how to run it over batches of images."""
+
+    backbone: nn.Module
+    preprocessing: Preprocessing
+    depths: list[int]
+    batch_size: int
+    device: str | torch.device
+    precision: str
+
+    def encode(
+        self, images: Sequence[np.ndarray], idx: list[int], k: int, *, train: bool
+    ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """``k`` views of each image of ``idx`` (the training transform when ``train``): the pooled features
+        (len(idx), k, 2048) and, per depth, the cut activations (len(idx), k, C, H, W), float16."""
+        transform = build_transform(self.preprocessing, train=train)
+        size, wanted = self.preprocessing.image_size, {CUT_AFTER[d] for d in self.depths}
+        pooled = np.zeros((len(idx), k, POOLED), np.float16)
+        cut = {d: np.zeros((len(idx), k, *cut_shape(d, size)), np.float16) for d in self.depths}
+        jobs = [(row, v, idx[row]) for v in range(k) for row in range(len(idx))]
+        for start in range(0, len(jobs), self.batch_size):
+            chunk = jobs[start : start + self.batch_size]
+            x = torch.stack([transform(to_tensor(images[i])) for _, _, i in chunk]).to(self.device)
+            bf16 = self.precision == "bf16"
+            with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
+                outs, feats = _cut_outputs(
+                    self.backbone, x.contiguous(memory_format=torch.channels_last), wanted
+                )
+            rows = [r for r, _, _ in chunk]
+            cols = [v for _, v, _ in chunk]
+            pooled[rows, cols] = feats.float().cpu().numpy().astype(np.float16)
+            for d in self.depths:
+                cut[d][rows, cols] = outs[CUT_AFTER[d]].float().cpu().numpy().astype(np.float16)
+        return pooled, cut
+
+
+def _row_index(n: int, chosen: list[int]) -> np.ndarray:
+    """(n,) the row of each image in arrays over the ``chosen`` images, -1 for an image not chosen."""
+    index = np.full(n, -1, np.int64)
+    index[chosen] = np.arange(len(chosen))
+    return index

@@ -107,23 +107,8 @@ def load_image_set(
     prefix, spelled = find_class_dirs(entries, dirs, classes, source)
     classes = tuple(spelled)
 
-    records: list[ImageRecord] = []
-    skipped: list[Skipped] = []
-    counts = Counter()
-    for label in classes:
-        base = (*prefix, spelled[label])
-        mine = sorted((e for e in entries if e.parts[: len(base)] == base), key=lambda e: e.parts)
-        for entry in mine:
-            rel = "/".join(entry.parts[len(prefix) :])
-            if is_hidden(entry.parts[len(base) :]):
-                skipped.append(Skipped(rel, "hidden or system file"))
-                continue
-            record, reason = _decode_entry(entry, rel, label, keep_max_side)
-            if record is None:
-                skipped.append(Skipped(rel, reason))
-            else:
-                records.append(record)
-                counts[label] += 1
+    records, skipped = _read_class_folders(entries, prefix, spelled, keep_max_side)
+    counts = Counter(r.label for r in records)
     class_dirs = {(*prefix, spelled[label]) for label in classes}  # unreadable class folders: reported above
     outside, ignored = _outside_class_folders(entries, prefix, class_dirs)
     skipped += outside
@@ -143,6 +128,29 @@ def load_image_set(
             f"{len(skipped)} skipped); expected at least one image per class"
         )
     return ImageSet(source=source, classes=classes, records=records, skipped=skipped, ignored=ignored)
+
+
+def _read_class_folders(
+    entries: list[Entry], prefix: tuple[str, ...], spelled: dict[str, str], keep_max_side: int
+) -> tuple[list[ImageRecord], list[Skipped]]:
+    """Decode every file under the class folders (``spelled``: class -> its folder's name under ``prefix``),
+    class by class in order, each folder's files sorted by path: (the images, the files skipped with why)."""
+    records: list[ImageRecord] = []
+    skipped: list[Skipped] = []
+    for label, folder in spelled.items():
+        base = (*prefix, folder)
+        mine = sorted((e for e in entries if e.parts[: len(base)] == base), key=lambda e: e.parts)
+        for entry in mine:
+            rel = "/".join(entry.parts[len(prefix) :])
+            if is_hidden(entry.parts[len(base) :]):
+                skipped.append(Skipped(rel, "hidden or system file"))
+                continue
+            record, reason = _decode_entry(entry, rel, label, keep_max_side)
+            if record is None:
+                skipped.append(Skipped(rel, reason))
+            else:
+                records.append(record)
+    return records, skipped
 
 
 def _decode_entry(entry: Entry, rel: str, label: str, keep_max_side: int) -> tuple[ImageRecord | None, str]:

@@ -20,6 +20,12 @@ MULTI_SCORES = ("accuracy", "auroc_macro", "recall_macro")
 INTERVAL_METHOD = (
     "Wilson score (accuracy, sensitivity, specificity); percentile bootstrap, 2000 resamples (AUC)"
 )
+MULTI_INTERVAL_METHOD = (
+    "Wilson score (accuracy, per-class recall); percentile bootstrap, 2000 resamples (macro one-vs-rest AUC)"
+)
+# fields of a two-class result that are None for more classes
+BINARY_ONLY = ("auroc", "auroc_ci95", "sensitivity", "sensitivity_ci95", "specificity", "specificity_ci95")
+BINARY_ONLY += ("f1", "threshold")
 
 
 def percentile_interval(values: Sequence[float]) -> list[float]:
@@ -107,14 +113,6 @@ def binary_metrics(
     }
 
 
-MULTI_INTERVAL_METHOD = (
-    "Wilson score (accuracy, per-class recall); percentile bootstrap, 2000 resamples (macro one-vs-rest AUC)"
-)
-# fields of a two-class result that are None for more classes
-BINARY_ONLY = ("auroc", "auroc_ci95", "sensitivity", "sensitivity_ci95", "specificity", "specificity_ci95")
-BINARY_ONLY += ("f1", "threshold")
-
-
 def macro_ovr_auc(labels: np.ndarray, probs: np.ndarray, present: Sequence[int]) -> float:
     """Mean over the classes ``present`` of the one-vs-rest ROC AUC of column k of ``probs`` (n, N)."""
     return float(np.mean([rank_auc((labels == k).astype(np.int64), probs[:, k]) for k in present]))
@@ -151,15 +149,14 @@ def classification_metrics(
 
     Every result has ``n``, ``accuracy`` (+ Wilson ``accuracy_ci95``), ``majority_baseline``, ``classes``,
     ``positive_class``, ``per_class`` ({class: {n, recall, recall_ci95, precision}}), ``recall_macro`` and
-    ``precision_macro`` (means over the classes present in ``labels``), ``auroc_macro`` (mean one-vs-rest ROC AUC over the classes present, + bootstrap
-    ``auroc_macro_ci95``), ``confusion_matrix`` and ``confusion_labels`` (the row/column class order).
-
-    Two classes (``positive``: index of the positive class, required): the prediction is the positive class
-    where its probability is >= ``threshold``, and the result holds exactly ``binary_metrics``'s fields
-    (``confusion_matrix`` [[tn, fp], [fn, tp]]) plus the general ones. More classes: the prediction is the
-    most probable class, ``confusion_matrix`` is N x N (rows true, columns predicted, in ``classes`` order)
-    and the binary-only fields (``auroc``, ``sensitivity``, ``specificity``, ``f1``, ``threshold`` and their
-    intervals) are None.
+    ``precision_macro`` (means over the classes present in ``labels``), ``auroc_macro`` (mean one-vs-rest ROC
+    AUC over those classes, + bootstrap ``auroc_macro_ci95``), ``confusion_matrix`` and ``confusion_labels``
+    (its row/column class order). Two classes (``positive``: index of the positive class, required): the
+    prediction is the positive class where its probability is >= ``threshold``; the result holds exactly
+    ``binary_metrics``'s fields (``confusion_matrix`` [[tn, fp], [fn, tp]]) plus the general ones. More
+    classes: the prediction is the most probable class, ``confusion_matrix`` is N x N (rows true, columns
+    predicted, in ``classes`` order) and the binary-only fields (``auroc``, ``sensitivity``, ``specificity``,
+    ``f1``, ``threshold`` and their intervals) are None.
     """
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
@@ -168,26 +165,28 @@ def classification_metrics(
         raise ValueError(
             f"probs must have shape (n, {k}) for {k} classes and n={len(y)} labels, got {p.shape}"
         )
-    if k == 2:
-        if positive not in (0, 1):
-            raise ValueError(f"two classes need positive = 0 or 1 (the positive class), got {positive!r}")
-        out = binary_metrics(
-            p[:, positive],
-            (y == positive).astype(np.int64),
-            majority_baseline=majority_baseline,
-            threshold=threshold,
-            seed=seed,
-        )
-        negative = 1 - positive
-        pred = np.where(p[:, positive] >= threshold, positive, negative)
-        general = _general_metrics(p, y, pred, classes, seed=seed, binary_auc=out)
-        general["confusion_labels"] = [classes[negative], classes[positive]]
-        general["positive_class"] = classes[positive]
-        return {**out, **general}
-    if positive is not None:
-        raise ValueError(f"{k} classes are scored one-vs-rest; expected positive=None, got {positive!r}")
+    if k != 2:
+        if positive is not None:
+            raise ValueError(f"{k} classes are scored one-vs-rest; expected positive=None, got {positive!r}")
+        return _multiclass_metrics(p, y, classes, majority_baseline, seed=seed)
+    if positive not in (0, 1):
+        raise ValueError(f"two classes need positive = 0 or 1 (the positive class), got {positive!r}")
+    is_positive = (y == positive).astype(np.int64)
+    out = binary_metrics(
+        p[:, positive], is_positive, majority_baseline=majority_baseline, threshold=threshold, seed=seed
+    )
+    negative = 1 - positive
+    pred = np.where(p[:, positive] >= threshold, positive, negative)
+    general = _general_metrics(p, y, pred, classes, seed=seed, binary_auc=out)
+    general["confusion_labels"] = [classes[negative], classes[positive]]
+    general["positive_class"] = classes[positive]
+    return {**out, **general}
+
+
+def _multiclass_metrics(p: np.ndarray, y: np.ndarray, classes, baseline: float, *, seed: int) -> dict:
+    """``classification_metrics`` of more than two classes (``p`` (n, N), ``y`` (n,)), scored one-vs-rest."""
     pred = p.argmax(axis=1)
-    n = len(y)
+    n, k = len(y), len(classes)
     correct = int((pred == y).sum())
     matrix = np.zeros((k, k), dtype=np.int64)
     np.add.at(matrix, (y, pred), 1)
@@ -195,7 +194,7 @@ def classification_metrics(
         "n": n,
         "accuracy": correct / n if n else math.nan,
         "accuracy_ci95": wilson_interval(correct, n),
-        "majority_baseline": majority_baseline,
+        "majority_baseline": baseline,
         **dict.fromkeys(BINARY_ONLY),
         "confusion_matrix": matrix.tolist(),
         "interval_method": MULTI_INTERVAL_METHOD,
@@ -211,11 +210,8 @@ def _general_metrics(
     """Per-class and macro recall and precision of the predictions ``pred``; macro one-vs-rest AUC."""
     per_class = {}
     for k, name in enumerate(classes):
-        support, hits, predicted = (
-            int((y == k).sum()),
-            int(((y == k) & (pred == k)).sum()),
-            int((pred == k).sum()),
-        )
+        support, predicted = int((y == k).sum()), int((pred == k).sum())
+        hits = int(((y == k) & (pred == k)).sum())
         per_class[name] = {
             "n": support,
             "recall": hits / support if support else math.nan,
