@@ -31,6 +31,7 @@ class CachedTail(nn.Module):
             raise ValueError(f"no cut for unfreeze depth {depth}; cached depths are {sorted(CUT_AFTER)}")
         self.backbone = network.backbone
         self.head = network.head
+        self.layout = network.layout
         self._stage_modules = network.stage_modules
         self.depth = depth
         self.tail_names = network.stage_names(depth)
@@ -93,8 +94,11 @@ class CachedDataModule(pl.LightningDataModule):
         self.cache, self.depth, self.stage2_epoch = cache, depth, stage2_epoch
         self.batch_size, self.seed = batch_size, seed
 
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
     def _key(self) -> str | int:
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        epoch = self._epoch()
         if epoch < self.stage2_epoch:
             return "pooled"
         if self.depth not in self.cache.train_cut:
@@ -110,7 +114,10 @@ class CachedDataModule(pl.LightningDataModule):
         if len(rows) == 0:
             raise ValueError(f"the {split} split is empty; expected at least one image in it")
         ds = CachedViews(array, targets, train=split == "train", rows=rows)
-        gen = torch.Generator().manual_seed(self.seed)
+        # the loaders are rebuilt every epoch: seeding by (seed, epoch) draws a new order each epoch, as the
+        # plain path's one generator does, and the same order on every rerun
+        seed = int(np.random.SeedSequence([self.seed, self._epoch()]).generate_state(1)[0])
+        gen = torch.Generator().manual_seed(seed)
         return DataLoader(
             ds, batch_size=self.batch_size, shuffle=split == "train", generator=gen, collate_fn=_batch_as_is
         )

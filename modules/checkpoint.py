@@ -169,6 +169,8 @@ def model_info(meta: Mapping) -> dict:
         "positive_class": meta["positive_class"],
         "best_epoch": meta.get("best_epoch"),
         "weights_source": meta.get("weights_source"),
+        "weights_provenance": meta.get("weights_provenance"),
+        "weights_layout": meta["network_hparams"].get("layout"),
         "trained_on": meta.get("data"),
         "versions": meta.get("versions"),
     }

@@ -75,6 +75,28 @@ def test_resnet50_checkpoint_loads_without_downloading(payload, tmp_path):
     assert meta["network_hparams"] == {"dropout": 0.2}  # weights="none" is used, not stored back
 
 
+def test_a_checkpoint_loads_in_the_layout_it_was_trained_in(payload, tmp_path):
+    """A v1 network written with the writer comes back in v1 (its strides, hence its outputs); a checkpoint
+    written before layouts existed (no ``layout``) is v1.5, as every network was then."""
+    net = ResNet50Classifier(dropout=0.2, layout="v1").eval()
+    meta = {k: v for k, v in payload.items() if k not in ("format", "format_version", "state_dict")}
+    path = ckpt_mod.write_checkpoint(
+        tmp_path / "v1.pt",
+        net,
+        **{**meta, "model": "resnet50", "network_hparams": {"dropout": 0.2, "layout": "v1"}},
+    )
+    network, loaded = load_classifier(path)
+    assert network.layout == "v1" and network.backbone.layer2[0].conv1.stride == (2, 2)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(network(x), net(x))
+    assert ckpt_mod.model_info(loaded)["weights_layout"] == "v1"
+    old = _save(
+        tmp_path / "old.pt", {**torch.load(path, weights_only=True), "network_hparams": {"dropout": 0.2}}
+    )
+    assert load_classifier(old)[0].layout == "v1.5"
+
+
 def _save(path: Path, obj) -> Path:
     torch.save(obj, path)
     return path

@@ -208,3 +208,25 @@ def test_a_pooled_only_cache_trains_stage1_and_refuses_a_stage2_it_cannot_serve(
     assert _fit_tail(net, cache, stage2_epoch=10_000).current_epoch == 2
     with pytest.raises(ValueError, match=r"holds only the cuts for depths \[\]"):
         _fit_tail(net, cache, stage2_epoch=1)
+
+
+def test_cached_loaders_draw_a_new_order_every_epoch_and_the_same_on_a_rerun(data):
+    """The plain path reshuffles every epoch; the cached one rebuilds its loaders every epoch, so it seeds them
+    by (seed, epoch): epochs differ, and a rerun of the same epoch repeats it."""
+    from types import SimpleNamespace
+
+    td = data.trial_data()
+    cache = build_feature_cache(
+        _network(), td.images, td.targets, td.splits, preprocessing=PRE, depths=[], views=1
+    )
+    dm = CachedDataModule(cache, depth=1, stage2_epoch=99, batch_size=4, seed=3)
+
+    def order(epoch: int) -> list[int]:
+        dm.trainer = SimpleNamespace(current_epoch=epoch)
+        loader = dm.train_dataloader()
+        return list(iter(loader.sampler))
+
+    first, second = order(0), order(1)
+    assert sorted(first) == sorted(second) == list(range(len(first)))
+    assert first != second  # a new order in the next epoch
+    assert order(0) == first and order(1) == second  # and the same order when the run is repeated

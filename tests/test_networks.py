@@ -8,14 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from modules import networks
-from modules.networks import (
-    PyTorchCNN,
-    ResNet50Classifier,
-    WeightsError,
-    build_network,
-    load_resnet50_weights,
-)
+from modules import weights
+from modules.networks import PyTorchCNN, ResNet50Classifier, build_network
+from modules.weights import WeightsError, load_resnet50_weights, resolve_weights
 
 REAL_WEIGHTS = Path(
     os.environ.get(
@@ -201,7 +196,7 @@ def test_imagenet_offline_says_where_the_cache_is_and_how_to_pass_a_file(monkeyp
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(networks.ResNet50_Weights.IMAGENET1K_V2.__class__, "get_state_dict", offline)
+    monkeypatch.setattr(weights.ResNet50_Weights.IMAGENET1K_V2.__class__, "get_state_dict", offline)
     with pytest.raises(WeightsError) as info:
         load_resnet50_weights(resnet, "imagenet")
     message = str(info.value)
@@ -210,7 +205,43 @@ def test_imagenet_offline_says_where_the_cache_is_and_how_to_pass_a_file(monkeyp
 
 def test_imagenet_from_cache_is_loaded(monkeypatch, resnet):
     monkeypatch.setattr(
-        networks.ResNet50_Weights.IMAGENET1K_V2.__class__, "get_state_dict", lambda *a, **k: _backbone_state()
+        weights.ResNet50_Weights.IMAGENET1K_V2.__class__, "get_state_dict", lambda *a, **k: _backbone_state()
     )
     assert load_resnet50_weights(resnet, "ImageNet") == "torchvision:IMAGENET1K_V2"
     assert torch.equal(resnet.backbone.bn1.weight, torch.full((64,), 0.5))
+
+
+def test_the_v1_layout_moves_the_stride_to_the_first_1x1_conv():
+    v15, v1 = ResNet50Classifier(layout="v1.5"), ResNet50Classifier(layout="v1")
+    for name in ("layer2", "layer3", "layer4"):
+        a, b = getattr(v15.backbone, name)[0], getattr(v1.backbone, name)[0]
+        assert (a.conv1.stride, a.conv2.stride) == ((1, 1), (2, 2))
+        assert (b.conv1.stride, b.conv2.stride) == ((2, 2), (1, 1))
+        assert a.downsample[0].stride == b.downsample[0].stride == (2, 2)
+    assert v1.backbone.layer1[0].conv1.stride == (1, 1)  # layer1 does not down-sample
+    v1.load_state_dict(v15.state_dict())  # the same parameters: either layout loads the other's weights
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert v1.backbone(x).shape == v15.backbone(x).shape == (1, 2048)
+        assert not torch.allclose(v1.backbone(x), v15.backbone(x))  # but they compute different features
+    with pytest.raises(ValueError, match="unknown ResNet50 layout 'v2'"):
+        ResNet50Classifier(layout="v2")
+
+
+def test_a_checkpointed_layout_is_rebuilt(tmp_path):
+    net = build_network("resnet50", num_classes=2, weights="none", layout="v1")
+    assert net.layout == "v1" and net.backbone.layer3[0].conv1.stride == (2, 2)
+
+
+def test_auto_layout_follows_the_weights():
+    assert resolve_weights("none").layout_for("auto") == "v1.5"
+    assert resolve_weights("none").layout_for("v1") == "v1"
+    with pytest.raises(ValueError, match="weights_layout must be auto, v1 or v1.5"):
+        resolve_weights("none").layout_for("v2")
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_WEIGHTS.is_file(), reason="the shared ResNet50 weights file is absent")
+def test_the_shared_weights_file_is_recognised_as_v1():
+    state = resolve_weights(REAL_WEIGHTS)
+    assert state.layout == "v1" and state.layout_for("auto") == "v1" and "MSRA" in state.provenance

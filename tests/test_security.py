@@ -15,7 +15,8 @@ import pytest
 import ray
 import torch
 
-from modules.networks import ResNet50Classifier, WeightsError, load_resnet50_weights, resolve_weights
+from modules.networks import ResNet50Classifier
+from modules.weights import WeightsError, load_resnet50_weights, resolve_weights
 from tests.helpers import REPO, search_settings
 from tuning import search
 from tuning.ray_runtime import start_ray

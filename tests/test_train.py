@@ -58,10 +58,13 @@ def test_resnet50_staged_run(tiny_data, tmp_path):
             "max_epochs": 2,
             "stage2_epoch": 1,
             "unfreeze_depth": 1,
+            "weights_layout": "v1",
         }
     )
     report = run_training(cfg, tiny_data, tmp_path, progress=False)
-    assert report["weights"] == "none"
+    assert report["weights"] == "none" and report["weights_layout"] == "v1"
+    assert report["versions"]["code"]  # the revision (or "unknown" outside a git checkout)
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["network_hparams"]["layout"] == "v1"
     assert report["epochs_trained"] == 2
     assert report["metrics"]["test"]["n"] == tiny_data.splits.count("test")
 

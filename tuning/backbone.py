@@ -1,5 +1,5 @@
 """The frozen backbone every trial of a search shares: its weights (read or drawn once, in the driver) and the
-feature cache of its outputs (computed once per experiment), with the rule for when a trial may train on it."""
+feature cache of its outputs (computed once per experiment)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 
 from modules.dataset import PreparedData
 from modules.feature_cache import FeatureCache, build_feature_cache
-from modules.networks import WeightsState, build_network, load_backbone_state, resolve_weights
+from modules.networks import build_network
+from modules.weights import WeightsState, load_backbone_state, resolve_weights
 from tuning.config import TrainConfig
 from tuning.settings import SearchSettings, is_sampled, space_values
 
@@ -26,13 +27,6 @@ def search_weights(spec: dict, s: SearchSettings) -> WeightsState | None:
         torch.random.set_rng_state(generator_state)
         state = WeightsState(dict(backbone.state_dict()), f"none (random init, seed {s.seed})")
     return state
-
-
-def cache_fits(cache: FeatureCache, cfg: TrainConfig) -> bool:
-    """Whether a cached run computes what the plain one would: same preprocessing, a cut for its depth."""
-    if cfg.model != "resnet50" or cache.info.get("preprocessing") != cfg.preprocessing.to_dict():
-        return False
-    return cfg.stage2_epoch >= cfg.max_epochs or cfg.unfreeze_depth in cache.train_cut
 
 
 def build_cache(
@@ -58,7 +52,8 @@ def build_cache(
         not isinstance(v, int) or v < s.max_epochs for v in starts
     )  # a sampled range may unfreeze
     depths = set(space_values(spec, "unfreeze_depth", base.unfreeze_depth)) if unfreezes else set()
-    network = build_network("resnet50", num_classes=len(data.images.classes), weights="none")
+    layout = (weights or WeightsState(None, "none")).layout_for(base.weights_layout)
+    network = build_network("resnet50", num_classes=len(data.images.classes), weights="none", layout=layout)
     if weights is not None and weights.tensors is not None:
         load_backbone_state(network, weights.tensors, weights.description)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -80,6 +75,7 @@ def build_cache(
         evaluate_on=everything,
     )
     cache.info["preprocessing"] = base.preprocessing.to_dict()
+    cache.info["weights_layout"] = base.weights_layout  # one weights state per search: one resolved layout
     cuts = f", cuts for unfreeze depth {list(cache.depths)}" if cache.depths else ""
     print(
         f"feature cache: {cache.nbytes / 1e6:.1f} MB (float16, computed in {s.cache_precision}; {s.cache_views} "

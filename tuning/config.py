@@ -23,6 +23,7 @@ TUNE_METRICS = {
 }
 RANK_METRICS = {"val/loss": ("val_loss", "min"), "val/auroc": ("val_auroc", "max")}
 PRECISIONS = ("auto", "32-true", "bf16-mixed")
+WEIGHTS_LAYOUTS = ("auto", "v1", "v1.5")
 PRECISION_HELP = (
     "auto (bf16-mixed on a GPU or a CPU with bf16 instructions, else 32-true), 32-true or bf16-mixed"
 )
@@ -41,6 +42,12 @@ class TrainConfig:
     model: str = hp("resnet50", "network: cnn or resnet50")
     weights: str = hp(
         "imagenet", "resnet50 weights: imagenet (torchvision cache/download), a state_dict file, or none"
+    )
+    weights_layout: str = hp(
+        "auto",
+        "resnet50 stride layout: v1.5 (torchvision's), v1 (stride in the first 1x1 conv of each down-sampling "
+        "block: MSRA's and Keras's ResNet-50), or auto: the weights' own where known (torchvision's: v1.5; a file "
+        "of modules.weights.KNOWN_WEIGHTS, by sha256), else v1.5",
     )
     lr: float = hp(1e-3, "learning rate of the head (resnet50) or the whole network (cnn)")
     backbone_lr: float = hp(1e-4, "learning rate of the unfrozen resnet50 stages, from stage2_epoch on")
@@ -102,6 +109,7 @@ class TrainConfig:
             ("num_workers", self.num_workers >= 0, ">= 0"),
             ("optimizer", self.optimizer in ("adamw", "sgd"), "adamw or sgd"),
             ("scheduler", self.scheduler in ("none", "cosine"), "none or cosine"),
+            ("weights_layout", self.weights_layout in WEIGHTS_LAYOUTS, "auto, v1 or v1.5"),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -23,8 +23,8 @@ from ray import tune
 
 from modules.dataset import PreparedData
 from modules.files import atomic_write_text, csv_text
-from modules.networks import WeightsState
 from modules.sources import display_path
+from modules.weights import WeightsState
 from tuning.backbone import build_cache
 from tuning.cv_report import cv_report, cv_summary, prediction_fields, write_cv_outputs
 from tuning.ray_runtime import share_cache

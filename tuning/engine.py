@@ -13,9 +13,11 @@ import torch
 from modules.cached_training import CachedDataModule, CachedTail
 from modules.datamodule import MRIDataModule
 from modules.dataset import TrialData
+from modules.feature_cache import FeatureCache
 from modules.finetune import StagedFineTuning
 from modules.lit_module import ClassifierModule
-from modules.networks import WeightsState, build_network, load_backbone_state, resolve_weights
+from modules.networks import build_network
+from modules.weights import WeightsState, load_backbone_state, resolve_weights
 from tuning.config import TrainConfig
 
 QUIET_WARNINGS = (
@@ -36,7 +38,9 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def network_hparams(cfg: TrainConfig) -> dict:
+def network_hparams(cfg: TrainConfig, *, layout: str = "v1.5") -> dict:
+    """The keyword arguments of ``build_network`` for ``cfg`` (a checkpoint stores them); ``layout``: the
+    ResNet50 layout the run resolved (``WeightsState.layout_for``)."""
     if cfg.model == "cnn":
         return {
             "width": cfg.cnn_width,
@@ -44,7 +48,7 @@ def network_hparams(cfg: TrainConfig) -> dict:
             "dropout": cfg.dropout,
             "fc_hidden": cfg.cnn_fc_hidden,
         }
-    return {"dropout": cfg.dropout}
+    return {"dropout": cfg.dropout, "layout": layout}
 
 
 def build_classifier(
@@ -56,23 +60,25 @@ def build_classifier(
     cached_depth: int | None = None,
     positive: int | None = None,
 ):
-    """The network (weights loaded) wrapped in the LightningModule. Returns (module, weights description).
+    """The network (weights loaded) wrapped in the LightningModule. Returns (module, its starting weights: a
+    ``WeightsState``, description and provenance; ``none`` for a CNN).
 
     ``positive``: index of a two-class problem's positive class (None: the last class); None for N classes.
 
     ``backbone_state``: weights already read (by the search's driver, shipped through Ray's object store);
     without it, ``cfg.weights`` is resolved here. ``cached_depth``: wrap the ResNet50 in ``CachedTail`` for
-    training on a ``FeatureCache`` (its cut for that unfreeze depth).
+    training on a ``FeatureCache`` (its cut for that unfreeze depth). A ResNet50 is built in the layout of its
+    weights (``cfg.weights_layout``, see ``WeightsState.layout_for``); the network's ``layout`` says which.
     """
     if cfg.model == "resnet50":
-        network = build_network("resnet50", num_classes=num_classes, weights="none", **network_hparams(cfg))
         state = backbone_state if backbone_state is not None else resolve_weights(cfg.weights)
-        described = state.description
+        hparams = network_hparams(cfg, layout=state.layout_for(cfg.weights_layout))
+        network = build_network("resnet50", num_classes=num_classes, weights="none", **hparams)
         if state.tensors is not None:
             load_backbone_state(network, state.tensors, state.description)
     else:
         network = build_network(cfg.model, num_classes=num_classes, **network_hparams(cfg))
-        described = "none"
+        state = WeightsState(None, "none")
     if cached_depth is not None:  # train only the part above the cut, on cached frozen-backbone outputs
         network = CachedTail(network, cached_depth)
     module = ClassifierModule(
@@ -87,7 +93,34 @@ def build_classifier(
         label_smoothing=cfg.label_smoothing,
         positive_class=positive if num_classes == 2 else None,
     )
-    return module, described
+    return module, state
+
+
+def cache_fits(cache: FeatureCache, cfg: TrainConfig) -> bool:
+    """Whether a cached run computes what the plain one would: same preprocessing, a cut for its depth."""
+    if cfg.model != "resnet50" or cache.info.get("preprocessing") != cfg.preprocessing.to_dict():
+        return False
+    if cache.info.get("weights_layout", "auto") != cfg.weights_layout:
+        return False
+    return cfg.stage2_epoch >= cfg.max_epochs or cfg.unfreeze_depth in cache.train_cut
+
+
+def build_run(cfg: TrainConfig, data: TrialData, *, backbone_state: WeightsState | None = None, cache=None):
+    """What one run trains: (module, its starting weights, datamodule, whether it trains on ``cache``).
+
+    ``cache``: a ``FeatureCache`` serving this run's splits; used only when it fits ``cfg`` (``cache_fits``),
+    and then only the part above the frozen layers trains, on the cached outputs."""
+    class_weights = balanced_weights(data) if cfg.class_weights == "balanced" else None
+    cached = cache is not None and cache_fits(cache, cfg)
+    module, weights = build_classifier(
+        cfg,
+        len(data.classes),
+        class_weights=class_weights,
+        backbone_state=backbone_state,
+        cached_depth=cfg.unfreeze_depth if cached else None,
+        positive=data.positive,
+    )
+    return module, weights, build_datamodule(cfg, data, cache=cache if cached else None), cached
 
 
 def balanced_weights(data: TrialData) -> list[float]:

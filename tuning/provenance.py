@@ -1,9 +1,38 @@
-"""What produced a result: the library versions every report and checkpoint records."""
+"""What produced a result: the code revision and the library versions every report and checkpoint records."""
 
 from __future__ import annotations
 
 import platform
+import subprocess
+from functools import cache
 from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@cache
+def code_revision() -> str:
+    """The git commit of this checkout, with ``+uncommitted`` when tracked files differ from it; ``unknown``
+    outside a git checkout (an installed copy) or without git."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+uncommitted" if dirty else "")
 
 
 def versions() -> dict[str, str]:
@@ -12,6 +41,7 @@ def versions() -> dict[str, str]:
     import torchvision
 
     out = {
+        "code": code_revision(),
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),

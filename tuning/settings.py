@@ -21,7 +21,7 @@ from tuning.flags import option
 
 LOCALHOSTS = ("127.0.0.1", "localhost", "::1")
 # the TrainConfig fields that search takes as flags of their own; any other is given with --set KEY=VALUE
-MODEL_FLAGS = ["weights", "image_size", "resize", "batch_size", "precision"]
+MODEL_FLAGS = ["weights", "weights_layout", "image_size", "resize", "batch_size", "precision"]
 TUNING, SPEED, CLUSTER, OUTPUT = "tuning", "speed", "resources and cluster", "output"
 
 

@@ -7,7 +7,7 @@ import signal
 import time
 
 from modules.dataset import PreparedData
-from modules.networks import WeightsState
+from modules.weights import WeightsState
 from tuning.ray_runtime import StoredCache, start_ray
 from tuning.refit import refit_and_report
 from tuning.settings import SearchSettings

@@ -11,7 +11,6 @@ from ray import tune
 from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
 from tuning import engine
-from tuning.backbone import cache_fits
 from tuning.cli import set_threads
 from tuning.config import TUNE_METRICS, TrainConfig
 
@@ -57,23 +56,13 @@ def train_trial(config: dict, *, data, base: dict, backbone_state, cache=None) -
     cfg = TrainConfig.from_dict({**base, **config})
     set_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    class_weights = engine.balanced_weights(data) if cfg.class_weights == "balanced" else None
-    cached = cache is not None and cache_fits(cache, cfg)
-    module, _ = engine.build_classifier(
-        cfg,
-        len(data.classes),
-        class_weights=class_weights,
-        backbone_state=backbone_state,
-        cached_depth=cfg.unfreeze_depth if cached else None,
-        positive=data.positive,
-    )
+    module, _, dm, cached = engine.build_run(cfg, data, backbone_state=backbone_state, cache=cache)
     # after the training epoch: validation of that epoch has run, so every metric is there
     report = EpochReport(metrics=TUNE_METRICS, save_checkpoints=False, on="train_epoch_end")
     report.cached = cached
     trainer = engine.make_trainer(
         cfg, callbacks=[*engine.staging_callbacks(cfg), report], reload_dataloaders=cached
     )
-    dm = engine.build_datamodule(cfg, data, cache=cache if cached else None)
     trainer.fit(module, datamodule=dm)
 
 

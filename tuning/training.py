@@ -19,8 +19,8 @@ from modules.dataset import PreparedData
 from modules.files import atomic_write_json, atomic_write_text
 from modules.split import majority_baselines
 from modules.statistics import classification_metrics
+from modules.weights import WeightsState
 from tuning import engine
-from tuning.backbone import cache_fits
 from tuning.cli import set_threads
 from tuning.config import TrainConfig
 from tuning.plots import plot_confusion, plot_loss_curves, plot_roc, plot_roc_ovr
@@ -44,7 +44,7 @@ def run_training(
 ) -> dict:
     """Train, select the best epoch on validation, test it once, write the run folder; returns the report.
 
-    ``cache``: a ``FeatureCache`` over these images; when it fits ``cfg`` (see ``tuning.backbone.cache_fits``),
+    ``cache``: a ``FeatureCache`` over these images; when it fits ``cfg`` (see ``tuning.engine.cache_fits``),
     only the part above the frozen layers trains, on the cached outputs, as in the search's trials. The
     exported checkpoint is the whole network either way. ``test_outputs``: filled with the test outputs
     (``ClassifierModule.test_outputs``: probabilities and labels in the order of the test images)."""
@@ -55,39 +55,33 @@ def run_training(
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     atomic_write_text(out / "split.csv", data.split_csv())
 
-    module, weights_desc, dm, cached = _build_run(cfg, data, backbone_state=backbone_state, cache=cache)
+    serving = cache.with_splits(data.splits) if cache is not None else None
+    module, weights, dm, cached = engine.build_run(
+        cfg, data.trial_data(), backbone_state=backbone_state, cache=serving
+    )
     fit = _fit_and_test(cfg, module, dm, out, progress=progress, cached=cached)
     if test_outputs is not None:
         test_outputs.update(module.test_outputs)
     probs, targets, test = _test_metrics(cfg, data, module.test_outputs)
-    _export_checkpoint(out, module.network, cfg, data, weights_desc=weights_desc, best_epoch=fit.best_epoch)
+    _export_checkpoint(out, module.network, cfg, data, weights=weights, best_epoch=fit.best_epoch)
     plots = _plot_run(cfg, data, test, probs, targets, out)
     report = {
         **_report(
-            cfg, data, fit, test, plots, kind=kind, command=command, weights=weights_desc, cached=cached
+            cfg,
+            data,
+            fit,
+            test,
+            plots,
+            kind=kind,
+            command=command,
+            weights=weights,
+            layout=getattr(module.network, "layout", None),
+            cached=cached,
         ),
         **(extra_report or {}),
     }
     atomic_write_json(out / "report.json", report)
     return report
-
-
-def _build_run(cfg: TrainConfig, data: PreparedData, *, backbone_state, cache):
-    """The run's ``ClassifierModule``, the description of its starting weights and its datamodule, and whether
-    it trains on ``cache`` (only when the cache fits ``cfg``): (module, weights_desc, datamodule, cached)."""
-    trial_data = data.trial_data()
-    weights = engine.balanced_weights(trial_data) if cfg.class_weights == "balanced" else None
-    cached = cache is not None and cache_fits(cache, cfg)
-    module, weights_desc = engine.build_classifier(
-        cfg,
-        len(trial_data.classes),
-        class_weights=weights,
-        backbone_state=backbone_state,
-        positive=data.positive,
-        cached_depth=cfg.unfreeze_depth if cached else None,
-    )
-    dm = engine.build_datamodule(cfg, trial_data, cache=cache.with_splits(data.splits) if cached else None)
-    return module, weights_desc, dm, cached
 
 
 @dataclass(frozen=True)
@@ -143,7 +137,7 @@ def _test_metrics(cfg: TrainConfig, data: PreparedData, outputs: dict):
 
 
 def _export_checkpoint(
-    out: Path, network, cfg: TrainConfig, data: PreparedData, *, weights_desc, best_epoch: int
+    out: Path, network, cfg: TrainConfig, data: PreparedData, *, weights: WeightsState, best_epoch: int
 ) -> None:
     """Write ``out/model.pt``, the self-describing checkpoint of the network as tested (the best epoch)."""
     labels = data.images.classes
@@ -151,13 +145,14 @@ def _export_checkpoint(
         out / "model.pt",
         network,
         model=cfg.model,
-        network_hparams=engine.network_hparams(cfg),
+        network_hparams=engine.network_hparams(cfg, layout=getattr(network, "layout", "v1.5")),
         num_classes=len(labels),
         classes=list(labels),
         positive_class=data.positive_class,
         config=cfg.to_dict(),
         preprocessing=cfg.preprocessing.to_dict(),
-        weights_source=weights_desc,
+        weights_source=weights.description,
+        weights_provenance=weights.provenance,
         data=data.data_info(),
         best_epoch=best_epoch,
         versions=versions(),
@@ -197,7 +192,8 @@ def _report(
     *,
     kind: str,
     command: str,
-    weights: str,
+    weights: WeightsState,
+    layout: str | None = None,
     cached: bool,
 ) -> dict:
     """The run's report.json: what ran on what (config, data, weights, versions), the selection and the test."""
@@ -206,7 +202,9 @@ def _report(
         "command": command,
         "data": data.data_info(),
         "config": cfg.to_dict(),
-        "weights": weights,
+        "weights": weights.description,
+        "weights_provenance": weights.provenance,  # where the weights come from, when known
+        "weights_layout": layout,  # the ResNet50 layout the network ran in (None for a CNN)
         "trained_on_feature_cache": cached,
         "precision": engine.resolve_precision(cfg),  # what "auto" meant on this machine
         "best_epoch": fit.best_epoch,

@@ -12,7 +12,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from modules.dataset import PreparedData
-from modules.networks import WeightsState
+from modules.weights import WeightsState
 from search_spaces import to_tune
 from tuning.ray_runtime import StoredCache
 from tuning.settings import SearchSettings
