@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from modules.demo_data import demo_data_dir
 from modules.duplicates import DEFAULT_THRESHOLD, DuplicateGroups, group_duplicates
 from modules.ingest import ImageSet, load_image_set
+from modules.must_link import read_must_link
 from modules.positive_class import resolve_positive
 from modules.sources import display_path
 from modules.split import (
@@ -214,22 +215,25 @@ def prepare_data(
     synthetic: bool = False,
     warn: Callable[[str], None] | None = None,
     split: str = "grouped",
+    must_link: str | os.PathLike | None = None,
 ) -> PreparedData:
     """Ingest, group duplicates, split. Raises ``DatasetError`` / ``ValueError`` with a clear message.
 
     ``classes`` None: one class per folder (see ``load_image_set``). ``positive_class``: see
     ``resolve_positive``. ``split``: "grouped" keeps every duplicate group inside one split; "random" splits
     file by file and lets duplicates straddle train and test (LEAKY: only to measure how much duplicates
-    inflate a result)."""
+    inflate a result). ``must_link``: a CSV of image sets that share a group (``modules.must_link``)."""
     if split not in SPLIT_MODES:
         raise ValueError(f"unknown split mode {split!r}; expected one of {', '.join(SPLIT_MODES)}")
     images = load_image_set(path, classes=classes, strict=strict, warn=warn)
     positive = resolve_positive(images.classes, positive_class, source=images.source)
+    links = read_must_link(must_link, [r.path for r in images.records]) if must_link is not None else []
     dups = group_duplicates(
         [r.sha256 for r in images.records],
         [r.pixels for r in images.records],
         images.labels,
         threshold=threshold,
+        links=links,
     )
     if dups.mixed_label_clusters and warn is not None:
         for c in dups.mixed_label_clusters:

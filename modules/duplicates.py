@@ -111,8 +111,11 @@ def group_duplicates(
     labels: Sequence[str],
     *,
     threshold: float = DEFAULT_THRESHOLD,
+    links: Sequence[Sequence[int]] = (),
 ) -> DuplicateGroups:
-    """Group images that are byte copies or near copies of each other (see the module docstring)."""
+    """Group images that are byte copies or near copies of each other (see the module docstring).
+    ``links``: sets of image indices that must share a group too (a user's must-link list: copies below the
+    threshold, slices of one patient)."""
     n = len(hashes)
     if not (len(images) == len(labels) == n):
         raise ValueError(f"hashes, images and labels differ in length: {n}, {len(images)}, {len(labels)}")
@@ -132,6 +135,9 @@ def group_duplicates(
 
     for i, j, _ in near_duplicate_pairs(images, threshold=threshold):
         uf.union(i, j)
+    for linked in links:
+        for j in linked[1:]:
+            uf.union(linked[0], j)
     members: dict[int, list[int]] = {}
     for i in range(n):
         members.setdefault(uf.find(i), []).append(i)

@@ -14,7 +14,7 @@ from tuning.data_options import DataOptions
 from tuning.flags import add_flags, values_of
 from tuning.formatting import data_report
 
-FLAGS = ["positive_class", "strict"]
+FLAGS = ["positive_class", "strict", "must_link"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         strict=opts["strict"],
         threshold=args.near_threshold,
         positive_class=opts["positive_class"],
+        must_link=opts["must_link"],
         warn=warn,
     )
     if args.write_split:

@@ -35,3 +35,13 @@ class DataOptions:
     strict: bool = field(
         default=False, metadata=option("refuse bad image files instead of skipping them", group=DATA)
     )
+    must_link: str | None = field(
+        default=None,
+        metadata=option(
+            "CSV of image sets that must share a split and a fold (one set per row, paths as split.csv shows "
+            "them), e.g. copies that look the same by eye below the near-duplicate threshold",
+            group=DATA,
+            metavar="FILE",
+            default_text="none",
+        ),
+    )

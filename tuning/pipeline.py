@@ -44,7 +44,13 @@ def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
     run_dir = Path(s.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = resolve_data(
-        s.data, seed=s.split_seed, strict=s.strict, positive_class=s.positive_class, warn=warn, split=s.split
+        s.data,
+        seed=s.split_seed,
+        strict=s.strict,
+        positive_class=s.positive_class,
+        must_link=s.must_link,
+        warn=warn,
+        split=s.split,
     )
     if data.leaky:
         warn(LEAKY_WARNING)

@@ -44,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     opts = DataOptions(**values_of(args, DataOptions))
     out = output_folder(args.out, "train", marker="report.json", overwrite=args.overwrite)
     data = resolve_data(
-        opts.data, seed=opts.split_seed, strict=opts.strict, positive_class=opts.positive_class, warn=warn
+        opts.data,
+        seed=opts.split_seed,
+        strict=opts.strict,
+        positive_class=opts.positive_class,
+        must_link=opts.must_link,
+        warn=warn,
     )
     command = "python -m tuning.train " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = run_training(cfg, data, out, command=command, progress=not args.no_progress)
