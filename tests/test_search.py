@@ -123,3 +123,24 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(ray_local, search_ph
     trials = report["search"]["trials"]
     assert trials["error"] >= 1 and trials["terminated"] >= 1
     assert report["search"]["failed_trials"][0]["error"]
+
+
+def test_a_refit_on_train_and_val_trains_the_best_trials_epochs_and_keeps_the_last(
+    ray_local, search_phantom, tmp_path
+):
+    """--refit-on train+val: the validation images join the refit's training data, the epoch count is the best
+    trial's, and split.csv still shows what the trials saw (train / val / test)."""
+    run = tmp_path / "tv"
+    args = ["--space", "resnet_stage2", "--data", str(search_phantom), "--weights", "none", "--num-samples", "2"]
+    args += ["--max-epochs", "4", "--grace-period", "4", "--cache-views", "2", "--refit-on", "train+val"]
+    assert _run([*args, "--out", str(run), *TINY]) == 0
+    report = _check_run_folder(run)
+    epochs = report["best_trial"]["best_iteration"]
+    assert report["trained_on"] == "train+val" and report["search"]["refit_on"] == "train+val"
+    assert report["config"]["max_epochs"] == epochs and report["epochs_trained"] == epochs
+    assert report["best_epoch"] == epochs - 1 and report["selection"]["kept"] == "the last epoch"
+    assert report["trained_on_feature_cache"] is True  # the cache holds training views of the val images
+    splits = {row["split"] for row in csv.DictReader((run / "split.csv").open())}
+    assert splits == {"train", "val", "test"}
+    logged = list(csv.DictReader((run / "metrics.csv").open()))
+    assert not any(row.get("val/loss") for row in logged)  # no validation ran: nothing was left to validate on

@@ -59,6 +59,10 @@ def build_cache(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     td = data.trial_data()
     everything = [True] * len(td.splits) if every_image else None
+    # a refit on train+val trains on the validation images too: they need training views
+    train_on = everything or (
+        [sp in ("train", "val") for sp in td.splits] if s.refit_on == "train+val" else None
+    )
     cache = build_feature_cache(
         network,
         td.images,
@@ -71,7 +75,7 @@ def build_cache(
         device=device,
         max_bytes=int(s.cache_max_gb * 1e9),
         precision=s.cache_precision,
-        train_on=everything,
+        train_on=train_on,
         evaluate_on=everything,
     )
     cache.info["preprocessing"] = base.preprocessing.to_dict()

@@ -197,10 +197,13 @@ def make_trainer(
     enable_progress_bar: bool = False,
     enable_checkpointing: bool = False,
     reload_dataloaders: bool = False,
+    validate: bool = True,
 ) -> pl.Trainer:
     """A Trainer for one run. ``reload_dataloaders``: new loaders every epoch (the cached path switches from
-    pooled features to cut activations when stage 2 starts)."""
+    pooled features to cut activations when stage 2 starts). ``validate`` False: no validation loop (a run
+    that trains on the validation images too, for a fixed number of epochs)."""
     return pl.Trainer(
+        limit_val_batches=None if validate else 0,
         reload_dataloaders_every_n_epochs=1 if reload_dataloaders else 0,
         max_epochs=cfg.max_epochs,
         accelerator="auto",

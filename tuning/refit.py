@@ -44,22 +44,13 @@ def refit_and_report(
     best_cfg = _refit_config(s, best)
     print(
         f"\nbest trial {best['trial_id']}: {metric} {best['best_value']:.4f} at epoch {best['best_iteration']}; "
-        f"refitting it for {best_cfg.max_epochs} epochs on the same split, then testing once"
+        f"refitting it for {best_cfg.max_epochs} epochs on the {s.refit_on} images of the same split, then "
+        "testing once"
     )
     started = time.perf_counter()
     outputs: dict = {}
-    report = run_training(
-        best_cfg,
-        data,
-        run_dir,
-        command=s.command,
-        kind="search",
-        progress=False,
-        backbone_state=weights,
-        cache=cache,
-        test_outputs=outputs,
-        extra_report=_search_extra(s, data, trials, best, search_seconds=search_seconds, cache=cache),
-    )
+    extra = _search_extra(s, data, trials, best, search_seconds=search_seconds, cache=cache)
+    report = _refit(s, data, best, run_dir, "search", weights, cache, outputs, extra=extra)
     if s.ensemble > 1:
         _refit_ensemble(s, data, ranked[: s.ensemble], weights, cache, report, outputs)
     if test_outputs is not None:
@@ -115,6 +106,26 @@ def _refit_config(s: SearchSettings, trial: dict) -> TrainConfig:
     )
 
 
+def _refit(
+    s: SearchSettings, data, trial: dict, out_dir: Path, kind: str, weights, cache, outputs: dict, extra=None
+) -> dict:
+    """Train ``trial``'s config again (on ``s.refit_on``) into ``out_dir`` and test it once; ``outputs``
+    receives its test predictions."""
+    return run_training(
+        _refit_config(s, trial),
+        data,
+        out_dir,
+        command=s.command,
+        kind=kind,
+        progress=False,
+        backbone_state=weights,
+        cache=cache,
+        test_outputs=outputs,
+        extra_report=extra,
+        train_on=s.refit_on,
+    )
+
+
 def _refit_ensemble(
     s: SearchSettings, data: PreparedData, members: list[dict], weights, cache, report: dict, outputs: dict
 ) -> None:
@@ -127,17 +138,8 @@ def _refit_ensemble(
             f"ensemble member {rank} of {len(members)}: trial {trial['trial_id']}, {trial['best_iteration']} epochs"
         )
         out: dict = {}
-        run_training(
-            _refit_config(s, trial),
-            data,
-            Path(s.run_dir) / "ensemble" / f"member-{rank}",
-            command=s.command,
-            kind="ensemble-member",
-            progress=False,
-            backbone_state=weights,
-            cache=cache,
-            test_outputs=out,
-        )
+        member_dir = Path(s.run_dir) / "ensemble" / f"member-{rank}"
+        _refit(s, data, trial, member_dir, "ensemble-member", weights, cache, out)
         if not torch.equal(out["labels"], outputs["labels"]):
             raise RuntimeError("ensemble members were tested on different images")
         probs.append(out["probs_all"])

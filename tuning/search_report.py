@@ -166,6 +166,7 @@ def search_block(s: SearchSettings, trials: list[dict], seconds: float, *, image
             "reduction_factor": s.reduction_factor,
         },
         "metric": s.metric,
+        "refit_on": s.refit_on,
         "num_samples": s.num_samples,
         "seed": s.seed,
         "resources_per_trial": {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial},

@@ -62,6 +62,13 @@ class SearchSettings(DataOptions):
         metavar="N",
     )
     allow_early_rung: bool = setting(False, "only warn when ASHA's first rung precedes stage 2", TUNING)
+    refit_on: str = setting(
+        "train",
+        "what the refit of the best config trains on: train (its epoch picked on val, as the trials did), or "
+        "train+val (more images, for the best trial's number of epochs, the last one kept)",
+        TUNING,
+        choices=["train", "train+val"],
+    )
     cache: bool = setting(
         True,
         "share the frozen backbone's outputs between trials (resnet50 spaces); --no-cache recomputes them in "
@@ -188,6 +195,7 @@ def check_ranges(s: SearchSettings) -> None:
             f"need --cache-views >= 1 and --cache-max-gb > 0, got {s.cache_views}, {s.cache_max_gb}",
         ),
         (s.metric in RANK_METRICS, f"--metric must be val/loss or val/auroc, got {s.metric}"),
+        (s.refit_on in ("train", "train+val"), f"--refit-on must be train or train+val, got {s.refit_on!r}"),
     ]
     for ok, message in checks:
         if not ok:

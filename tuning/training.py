@@ -5,6 +5,7 @@ epoch on validation, evaluate that checkpoint once on the test split, and write 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from tuning.config import TrainConfig
 from tuning.plots import plot_confusion, plot_loss_curves, plot_roc, plot_roc_ovr
 from tuning.provenance import versions
 
+TRAIN_ON = ("train", "train+val")
 _LIGHTNING_DIR = "lightning_checkpoints"  # Lightning's own checkpoints, removed once model.pt is written
 
 
@@ -41,8 +43,12 @@ def run_training(
     backbone_state=None,
     cache=None,
     test_outputs: dict | None = None,
+    train_on: str = "train",
 ) -> dict:
     """Train, select the best epoch on validation, test it once, write the run folder; returns the report.
+
+    ``train_on`` "train+val": train on the validation images too, for exactly ``cfg.max_epochs`` epochs (no
+    validation is left to choose an epoch: the caller chose the count), and keep the last epoch.
 
     ``cache``: a ``FeatureCache`` over these images; when it fits ``cfg`` (see ``tuning.engine.cache_fits``),
     only the part above the frozen layers trains, on the cached outputs, as in the search's trials. The
@@ -55,11 +61,16 @@ def run_training(
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     atomic_write_text(out / "split.csv", data.split_csv())
 
-    serving = cache.with_splits(data.splits) if cache is not None else None
+    if train_on not in TRAIN_ON:
+        raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
+    validate = train_on == "train"
+    splits = data.splits if validate else ["train" if s == "val" else s for s in data.splits]
+    serving = cache.with_splits(splits) if cache is not None else None
+    trial_data = dataclasses.replace(data.trial_data(), splits=splits)
     module, weights, dm, cached = engine.build_run(
-        cfg, data.trial_data(), backbone_state=backbone_state, cache=serving
+        cfg, trial_data, backbone_state=backbone_state, cache=serving
     )
-    fit = _fit_and_test(cfg, module, dm, out, progress=progress, cached=cached)
+    fit = _fit_and_test(cfg, module, dm, out, progress=progress, cached=cached, validate=validate)
     if test_outputs is not None:
         test_outputs.update(module.test_outputs)
     probs, targets, test = _test_metrics(cfg, data, module.test_outputs)
@@ -77,6 +88,7 @@ def run_training(
             weights=weights,
             layout=getattr(module.network, "layout", None),
             cached=cached,
+            train_on=train_on,
         ),
         **(extra_report or {}),
     }
@@ -95,26 +107,37 @@ class _Fit:
     seconds: float
 
 
-def _fit_and_test(cfg: TrainConfig, module, dm, out: Path, *, progress: bool, cached: bool) -> _Fit:
+def _fit_and_test(
+    cfg: TrainConfig, module, dm, out: Path, *, progress: bool, cached: bool, validate: bool = True
+) -> _Fit:
     """Fit with early stopping on ``cfg.monitor``, logging to ``out/metrics.csv`` and keeping the best epoch's
-    Lightning checkpoint under ``out/lightning_checkpoints``; then test that checkpoint once."""
-    checkpoint = ModelCheckpoint(
-        dirpath=out / _LIGHTNING_DIR,
-        monitor=cfg.monitor,
-        mode=cfg.monitor_mode,
-        save_top_k=1,
-        filename="best-{epoch}",
-    )
-    stopper = EarlyStopping(monitor=cfg.monitor, mode=cfg.monitor_mode, patience=cfg.patience)
+    Lightning checkpoint under ``out/lightning_checkpoints``; then test that checkpoint once. ``validate``
+    False: no validation, ``cfg.max_epochs`` epochs, the last one kept and tested."""
+    if validate:
+        checkpoint = ModelCheckpoint(
+            dirpath=out / _LIGHTNING_DIR,
+            monitor=cfg.monitor,
+            mode=cfg.monitor_mode,
+            save_top_k=1,
+            filename="best-{epoch}",
+        )
+        callbacks = [
+            checkpoint,
+            EarlyStopping(monitor=cfg.monitor, mode=cfg.monitor_mode, patience=cfg.patience),
+        ]
+    else:
+        checkpoint = ModelCheckpoint(dirpath=out / _LIGHTNING_DIR, save_top_k=1, filename="last-{epoch}")
+        callbacks = [checkpoint]
     logger = CSVLogger(save_dir=str(out), name="", version="")
     trainer = engine.make_trainer(
         cfg,
-        callbacks=[*engine.staging_callbacks(cfg), checkpoint, stopper],
+        callbacks=[*engine.staging_callbacks(cfg), *callbacks],
         logger=logger,
         default_root_dir=out,
         enable_progress_bar=progress,
         enable_checkpointing=True,
         reload_dataloaders=cached,
+        validate=validate,
     )
     started = time.perf_counter()
     trainer.fit(module, datamodule=dm)
@@ -195,6 +218,7 @@ def _report(
     weights: WeightsState,
     layout: str | None = None,
     cached: bool,
+    train_on: str = "train",
 ) -> dict:
     """The run's report.json: what ran on what (config, data, weights, versions), the selection and the test."""
     return {
@@ -209,7 +233,10 @@ def _report(
         "precision": engine.resolve_precision(cfg),  # what "auto" meant on this machine
         "best_epoch": fit.best_epoch,
         "epochs_trained": fit.epochs_trained,
-        "selection": {"metric": cfg.monitor, "mode": cfg.monitor_mode, "value": fit.best_value},
+        "trained_on": train_on,  # train, or train+val (a fixed number of epochs, the last kept)
+        "selection": {"metric": cfg.monitor, "mode": cfg.monitor_mode, "value": fit.best_value}
+        if train_on == "train"
+        else {"metric": None, "epochs": cfg.max_epochs, "kept": "the last epoch"},
         "metrics": {"test": test},
         "time_s": {"fit": round(fit.seconds, 2)},
         "versions": versions(),
