@@ -176,3 +176,33 @@ def test_cv_flags_are_checked_before_ray(tmp_path, capsys):
 def test_an_ensemble_larger_than_the_search_is_refused(tmp_path, capsys):
     assert _run(["--num-samples", "2", "--ensemble", "3", "--out", str(tmp_path / "x")]) == 2
     assert "--ensemble must be within 1..--num-samples (2), got 3" in capsys.readouterr().err
+
+
+def test_repeated_cv_reports_each_repeat_and_the_spread_across_them(ray_local, search_phantom, tmp_path, capsys):
+    """--cv 2 --repeats 2: two cross-validations on split seeds 7 and 8, each complete in its own folder, and a
+    report whose mean and SD are those of the repeats' pooled values; resume keeps what finished."""
+    run = tmp_path / "rep"
+    args = [
+        "--space", "baseline_cnn", "--data", str(search_phantom), "--num-samples", "1", "--max-epochs", "1",
+        "--grace-period", "1", "--cv", "2", "--repeats", "2", "--split-seed", "7", "--set", "cnn_depth=2",
+        "--out", str(run), *TINY,
+    ]  # fmt: skip
+    assert _run(args) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["kind"] == "cv-repeats" and [r["split_seed"] for r in report["repeats"]] == [7, 8]
+    accuracies = []
+    for seed in (7, 8):
+        inner = json.loads((run / f"repeat-{seed}" / "report.json").read_text())
+        assert inner["kind"] == "cv" and inner["data"]["split_seed"] == seed
+        accuracies.append(inner["metrics"]["pooled"]["accuracy"])
+    spread = report["metrics"]["across_repeats"]["accuracy"]
+    assert spread["values"] == accuracies and spread["mean"] == pytest.approx(sum(accuracies) / 2)
+    assert "| mean ± SD |" in (run / "report.md").read_text()
+    capsys.readouterr()
+    assert _run(["--resume", str(run)]) == 0  # every repeat finished: nothing is redone
+    assert capsys.readouterr().out.count("complete already") == 2
+
+
+def test_repeats_need_a_cross_validation(capsys):
+    assert _run(["--space", "baseline_cnn", "--repeats", "3", "--no-dashboard"]) == 2
+    assert "--repeats 3 repeats a cross-validation; expected --cv K too" in capsys.readouterr().err

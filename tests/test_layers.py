@@ -43,6 +43,7 @@ LAYERS = {  # tuning's files, bottom (0) to top (5)
     "tuning.refit": 4,
     "tuning.split_search": 4,
     "tuning.cv_report": 4,
+    "tuning.repeats_report": 4,
     "tuning.cv": 4,
     "tuning.pipeline": 4,
     "tuning.evaluation": 4,

@@ -131,7 +131,16 @@ def test_a_refit_on_train_and_val_trains_the_best_trials_epochs_and_keeps_the_la
     """--refit-on train+val: the validation images join the refit's training data, the epoch count is the best
     trial's, and split.csv still shows what the trials saw (train / val / test)."""
     run = tmp_path / "tv"
-    args = ["--space", "resnet_stage2", "--data", str(search_phantom), "--weights", "none", "--num-samples", "2"]
+    args = [
+        "--space",
+        "resnet_stage2",
+        "--data",
+        str(search_phantom),
+        "--weights",
+        "none",
+        "--num-samples",
+        "2",
+    ]
     args += ["--max-epochs", "4", "--grace-period", "4", "--cache-views", "2", "--refit-on", "train+val"]
     assert _run([*args, "--out", str(run), *TINY]) == 0
     report = _check_run_folder(run)
@@ -143,4 +152,6 @@ def test_a_refit_on_train_and_val_trains_the_best_trials_epochs_and_keeps_the_la
     splits = {row["split"] for row in csv.DictReader((run / "split.csv").open())}
     assert splits == {"train", "val", "test"}
     logged = list(csv.DictReader((run / "metrics.csv").open()))
-    assert not any(row.get("val/loss") for row in logged)  # no validation ran: nothing was left to validate on
+    assert not any(
+        row.get("val/loss") for row in logged
+    )  # no validation ran: nothing was left to validate on

@@ -4,6 +4,7 @@ calls."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from tuning.backbone import build_cache, search_weights
 from tuning.cli import warn
 from tuning.cv import run_cv
 from tuning.ray_runtime import share_cache
+from tuning.repeats_report import write_repeats_report
 from tuning.settings import SearchSettings, save_settings
 from tuning.split_search import search_split
 
@@ -37,10 +39,40 @@ def check_gpus(s: SearchSettings) -> None:
 
 
 def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
-    """Run (or ``resume``) the search ``s`` into ``s.run_dir``; returns its report, None when every trial failed."""
+    """Run (or ``resume``) the search ``s`` into ``s.run_dir``; returns its report, None when every trial failed.
+    ``s.repeats`` > 1: one cross-validation per split seed, each in ``repeat-<seed>/``, then their summary."""
     check_gpus(s)
     for message in s.warnings():
         warn(message)
+    if s.repeats == 1:
+        return _run_one(s, resume=resume)
+    run_dir = Path(s.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_json(run_dir / "search.json", save_settings(s, None))
+    reports = []
+    for seed in s.split_seeds:
+        sub = repeat_settings(s, seed)
+        print(f"\n##### repeat: split seed {seed} ({s.split_seeds.index(seed) + 1} of {s.repeats})")
+        report = _run_one(sub, resume=resume and (Path(sub.run_dir) / "search.json").is_file())
+        if report is None:
+            return None
+        reports.append(report)
+    return write_repeats_report(s, reports)
+
+
+def repeat_settings(s: SearchSettings, seed: int) -> SearchSettings:
+    """The settings of one repeat: its split seed, its folder ``repeat-<seed>/`` (and storage)."""
+    return dataclasses.replace(
+        s,
+        split_seed=seed,
+        repeats=1,
+        run_dir=str(Path(s.run_dir) / f"repeat-{seed}"),
+        storage=f"{s.storage.rstrip('/')}/repeat-{seed}" if s.storage else None,
+    )
+
+
+def _run_one(s: SearchSettings, *, resume: bool) -> dict | None:
     run_dir = Path(s.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = resolve_data(

@@ -20,7 +20,7 @@ from tuning.pipeline import run_search
 from tuning.settings import MODEL_FLAGS, SearchSettings, load_settings, settings_from_flags
 
 MODEL_GROUP = "model (values the space does not sample)"
-DATA_FLAGS = ["data", "positive_class", "split_seed", "strict", "must_link", "split", "cv"]
+DATA_FLAGS = ["data", "positive_class", "split_seed", "strict", "must_link", "split", "cv", "repeats"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,13 @@ class SearchSettings(DataOptions):
         "data",
         metavar="K",
     )
+    repeats: int = setting(
+        1,
+        "with --cv: repeat the cross-validation on R split seeds (--split-seed, +1, ...); the report gives each "
+        "repeat's pooled result and the mean and SD across repeats",
+        "data",
+        metavar="R",
+    )
     space: str = setting("resnet_stage2", "baseline_cnn, resnet_stage1, resnet_stage2 or a JSON file", TUNING)
     num_samples: int = setting(8, "trials", TUNING)
     max_epochs: int = setting(8, "epochs per trial, ASHA's max_t", TUNING)
@@ -124,6 +131,11 @@ class SearchSettings(DataOptions):
         """(Lightning metric name, "min" or "max") that ranks trials."""
         return RANK_METRICS[self.metric]
 
+    @property
+    def split_seeds(self) -> list[int]:
+        """The split seeds of the repeats: ``split_seed``, ``split_seed + 1``, ..."""
+        return list(range(self.split_seed, self.split_seed + self.repeats))
+
     def spec(self) -> dict:
         """The space as this search runs it: its constants that ``--set`` names are replaced by the --set value
         (they leave the space and stay in ``base``); sampled entries always come from the space."""
@@ -171,6 +183,11 @@ def check_ranges(s: SearchSettings) -> None:
             f"--ensemble must be within 1..--num-samples ({s.num_samples}), got {s.ensemble}",
         ),
         (s.cv == 0 or s.cv >= 2, f"--cv must be 0 (one split) or a number of folds >= 2, got {s.cv}"),
+        (s.repeats >= 1, f"--repeats must be >= 1, got {s.repeats}"),
+        (
+            s.repeats == 1 or s.cv >= 2,
+            f"--repeats {s.repeats} repeats a cross-validation; expected --cv K too",
+        ),
         (s.split in SPLIT_MODES, f"--split must be grouped or random, got {s.split!r}"),
         (s.max_epochs >= 1, f"--max-epochs must be >= 1, got {s.max_epochs}"),
         (
