@@ -26,7 +26,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="model.pt written by tuning.train or tuning.search")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        metavar="CKPT",
+        help="model.pt written by tuning.train or tuning.search; several: an ensemble scored by the mean of "
+        "their class probabilities (e.g. the fold-<n>/model.pt of a cross-validation)",
+    )
     d = p.add_argument_group("data")
     d.add_argument(
         "--data",
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     command = "python -m tuning.evaluate " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = run_evaluation(
-        args.checkpoint,
+        args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0],
         args.data,
         out,
         strict=args.strict,

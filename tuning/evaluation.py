@@ -23,7 +23,7 @@ from modules.duplicates import DEFAULT_THRESHOLD, group_duplicates
 from modules.files import atomic_write_json, atomic_write_text
 from modules.ingest import ImageRecord, ImageSet, load_image_set
 from modules.sources import display_path
-from modules.statistics import classification_metrics
+from modules.statistics import N_BOOT, classification_metrics, group_bootstrap
 from tuning.formatting import summary_lines
 from tuning.plots import plot_confusion, plot_roc, plot_roc_ovr
 from tuning.provenance import versions
@@ -113,7 +113,7 @@ def _predictions_csv(
 
 
 def run_evaluation(
-    checkpoint: str | Path,
+    checkpoint: str | Path | list,
     data: str | Path,
     out_dir: str | Path,
     *,
@@ -125,14 +125,21 @@ def run_evaluation(
     command: str = "",
     warn: Callable[[str], None] | None = None,
 ) -> dict:
-    """Score ``checkpoint`` on the labelled set ``data``, write the report folder; returns the report."""
+    """Score ``checkpoint`` on the labelled set ``data``, write the report folder; returns the report.
+
+    ``checkpoint``: one model.pt, or a list of them (an ensemble: the mean of their class probabilities; e.g.
+    the fold models of a cross-validation). Intervals come from a bootstrap over the duplicate groups of the
+    scored images (copies of one scan are not independent), beside the image-level ones."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
-    network, meta = load_classifier(checkpoint)
+    paths = [checkpoint] if isinstance(checkpoint, str | Path) else list(checkpoint)
+    models = [load_classifier(p) for p in paths]
+    meta = _common_meta([m for _, m in models])
     images = load_image_set(data, classes=list(meta["classes"]), strict=strict, warn=warn)
     notes = _training_set_notes(images, meta)
     recs, exclusion = _images_to_score(images, exclude_duplicates_of, threshold=near_threshold, warn=warn)
-    probs_all, y, test, pred = _score(network, meta, recs, threshold=threshold, batch_size=batch_size)
+    probs_all, y, test, pred = _score(models, meta, recs, threshold=threshold, batch_size=batch_size)
+    _group_intervals(test, probs_all, y, recs, meta, threshold=near_threshold)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,13 +150,14 @@ def run_evaluation(
         "command": command,
         "data": _data_block(images, recs, list(meta["classes"]), exclusion, synthetic=synthetic),
         "model": model_info(meta),
+        "ensemble": [model_info(m) for _, m in models] if len(models) > 1 else None,
         "config": meta.get("config"),
         "metrics": {"test": test},
         "exclusion": exclusion,
         "notes": notes,
         "versions": versions(),
         "artifacts": {
-            "checkpoint": str(checkpoint),
+            "checkpoint": [str(p) for p in paths] if len(paths) > 1 else str(paths[0]),
             "predictions": "predictions.csv",
             "plots": [p.name for p in plots if p is not None],
         },
@@ -184,13 +192,32 @@ def _images_to_score(
     return [images.records[i] for i in keep], exclusion
 
 
-def _score(network, meta: dict, recs: list[ImageRecord], *, threshold: float, batch_size: int):
-    """(class probabilities (n, N), class indices (n,), metrics, decided labels) of ``recs``. The majority
-    baseline is the evaluated set's own: the share of its most frequent class (ties: the positive class, then
-    the class listed first)."""
+def _common_meta(metas: list[dict]) -> dict:
+    """The first checkpoint's description, after checking that every model scores the same classes."""
+    first = metas[0]
+    for other in metas[1:]:
+        if (
+            list(other["classes"]) != list(first["classes"])
+            or other["positive_class"] != first["positive_class"]
+        ):
+            raise ValueError(
+                f"{other['path']} scores the classes {list(other['classes'])} (positive "
+                f"{other['positive_class']!r}), {first['path']} {list(first['classes'])} (positive "
+                f"{first['positive_class']!r}); expected an ensemble of models of the same classes"
+            )
+    return first
+
+
+def _score(models: list, meta: dict, recs: list[ImageRecord], *, threshold: float, batch_size: int):
+    """(class probabilities (n, N), class indices (n,), metrics, decided labels) of ``recs``: the mean of the
+    ``models``' (network, meta) probabilities, each with its own preprocessing. The majority baseline is the
+    evaluated set's own: the share of its most frequent class (ties: the positive class, then the class listed
+    first)."""
     classes, positive = list(meta["classes"]), meta["positive_class"]
-    probs_all = predict_probabilities(
-        network, [r.pixels for r in recs], eval_transform(meta), batch_size=batch_size
+    pixels = [r.pixels for r in recs]
+    probs_all = np.mean(
+        [predict_probabilities(net, pixels, eval_transform(m), batch_size=batch_size) for net, m in models],
+        axis=0,
     )
     pos = positive_index(meta)
     y = np.array([classes.index(r.label) for r in recs], dtype=np.int64)
@@ -209,6 +236,25 @@ def _score(network, meta: dict, recs: list[ImageRecord], *, threshold: float, ba
         f"the evaluated set: the share of its majority class '{majority}' (always predicting '{majority}')"
     )
     return probs_all, y, test, decide_labels(probs_all, meta, threshold=threshold)
+
+
+def _group_intervals(test: dict, probs, y, recs: list[ImageRecord], meta: dict, *, threshold: float) -> None:
+    """Replace ``test``'s intervals by a bootstrap over the scored images' duplicate groups (exact and near
+    copies, as the training protocol groups them); the image-level ones stay under ``*_ci95_independent``."""
+    groups = group_duplicates(
+        [r.sha256 for r in recs], [r.pixels for r in recs], [r.label for r in recs], threshold=threshold
+    ).group
+    intervals = group_bootstrap(probs, y, groups, positive=positive_index(meta))
+    for k, ci in intervals.items():
+        if f"{k}_ci95" in test:
+            test[f"{k}_ci95_independent"] = test[f"{k}_ci95"]
+        test[f"{k}_ci95"] = ci
+    test["groups"] = len(set(groups))
+    test["independent_interval_method"] = "as if images were independent: " + test["interval_method"]
+    test["interval_method"] = (
+        f"95% percentile bootstrap over the {len(set(groups))} duplicate groups of the {len(recs)} scored images "
+        f"({N_BOOT} resamples of whole groups)"
+    )
 
 
 def _write_predictions(
