@@ -178,7 +178,9 @@ def test_an_ensemble_larger_than_the_search_is_refused(tmp_path, capsys):
     assert "--ensemble must be within 1..--num-samples (2), got 3" in capsys.readouterr().err
 
 
-def test_repeated_cv_reports_each_repeat_and_the_spread_across_them(ray_local, search_phantom, tmp_path, capsys):
+def test_repeated_cv_reports_each_repeat_and_the_spread_across_them(
+    ray_local, search_phantom, tmp_path, capsys
+):
     """--cv 2 --repeats 2: two cross-validations on split seeds 7 and 8, each complete in its own folder, and a
     report whose mean and SD are those of the repeats' pooled values; resume keeps what finished."""
     run = tmp_path / "rep"

@@ -42,6 +42,7 @@ LAYERS = {  # tuning's files, bottom (0) to top (5)
     "tuning.search_report": 4,
     "tuning.refit": 4,
     "tuning.split_search": 4,
+    "tuning.cv_text": 4,
     "tuning.cv_report": 4,
     "tuning.repeats_report": 4,
     "tuning.cv": 4,

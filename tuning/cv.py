@@ -26,7 +26,8 @@ from modules.files import atomic_write_text, csv_text
 from modules.sources import display_path
 from modules.weights import WeightsState
 from tuning.backbone import build_cache
-from tuning.cv_report import cv_report, cv_summary, prediction_fields, write_cv_outputs
+from tuning.cv_report import cv_report, prediction_fields, write_cv_outputs
+from tuning.cv_text import cv_summary
 from tuning.ray_runtime import share_cache
 from tuning.settings import SearchSettings
 from tuning.split_search import search_split

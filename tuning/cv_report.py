@@ -1,5 +1,6 @@
 """The report of a nested cross-validation: pooled out-of-fold metrics with intervals over duplicate groups,
-the per-fold values with their mean and standard deviation, the majority baseline, report.md and plots."""
+the per-fold values with their mean and standard deviation, the majority baseline, and its files (report.json,
+report.md from ``tuning.cv_text``, predictions.csv, plots)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from modules.dataset import PreparedData
 from modules.files import atomic_write_json, atomic_write_text, csv_text
 from modules.statistics import BINARY_SCORES, MULTI_SCORES, N_BOOT, classification_metrics, group_bootstrap
 from tuning.backbone import cache_summary
-from tuning.formatting import METRIC_ROWS, fmt_ci, fmt_config, fmt_mean_sd, fmt_metric
+from tuning.cv_text import cv_markdown
 from tuning.plots import plot_confusion, plot_roc, plot_roc_ovr
 from tuning.provenance import versions
 from tuning.settings import SearchSettings
@@ -55,6 +56,7 @@ def cv_report(s: SearchSettings, data: PreparedData, folds: list[dict], *, secon
             "folds": per_fold,
         },
         "metrics": {"pooled": pooled, "per_fold": _spread(per_fold, keys)},
+        "weights": _weights_block(folds[0]["report"]),
         "search": {**_search_settings(folds[0]["report"]), "cache": _cv_cache_block(cache, folds)},
         "time_s": {
             "total": round(seconds, 1),
@@ -68,6 +70,15 @@ def cv_report(s: SearchSettings, data: PreparedData, folds: list[dict], *, secon
             "plots": ["roc.png", "confusion_matrix.png"],
             "folds": [f["dir"].name for f in folds],
         },
+    }
+
+
+def _weights_block(fold_report: dict) -> dict:
+    """Which backbone weights the folds started from, in which layout, and where the weights come from."""
+    return {
+        "source": fold_report.get("weights"),
+        "layout": fold_report.get("weights_layout"),
+        "provenance": fold_report.get("weights_provenance"),
     }
 
 
@@ -177,122 +188,3 @@ def write_cv_outputs(report: dict, folds: list[dict], run_dir: Path) -> None:
         plot_roc_ovr(probs, y, classes, run_dir / "roc.png", title=title)
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", cv_markdown(report))
-
-
-def _keys(m: dict) -> tuple[str, ...]:
-    return _score_keys(m.get("positive_class"))
-
-
-def _value(m: dict, k: str) -> str:
-    return fmt_ci(m[k], m[f"{k}_ci95"], pct=METRIC_ROWS[k][1])
-
-
-def cv_markdown(report: dict) -> str:
-    """report.md of a cross-validation: data and protocol, the pooled and per-fold metrics, one row per fold."""
-    m = report["metrics"]["pooled"]
-    d = report["data"]
-    keys = _keys(m)
-    order = ", ".join(m.get("confusion_labels", d["classes"]))
-    t = report["time_s"]
-    lines = [
-        *_md_header(report),
-        *_md_metric_table(m, report["metrics"]["per_fold"], keys),
-        "",
-        f"Intervals: {m['interval_method']}. Confusion matrix (rows true, columns predicted; {order}): "
-        f"{m['confusion_matrix']}.",
-        "",
-        *_md_fold_table(report["cv"]["folds"], keys),
-        "",
-        f"Time: {t['total']:.0f} s in all (searches {t['search']:.0f} s, refits {t['refit']:.0f} s). Each fold's "
-        "search report, trials and plots are in its `fold-<n>/` folder.",
-        "",
-        "Plots: ![roc.png](roc.png) ![confusion_matrix.png](confusion_matrix.png)",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _md_header(report: dict) -> list[str]:
-    """The title, the command, the data (flagged when synthetic or leaky) and the protocol of report.md."""
-    d, cv, s = report["data"], report["cv"], report["search"]
-    leaky = d.get("leaky")
-    positive = f"; positive class `{d['positive_class']}`" if d.get("positive_class") else ""
-    lines = [
-        f"# Cross-validated search report: {s.get('space', '?')}",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"Data: `{d['source']}`{' **(synthetic phantom set, not real scans)**' if d['synthetic'] else ''}; "
-        f"{d['files']} images {d['classes']}; fingerprint `{d['fingerprint'][:16]}`{positive}.",
-        "",
-    ]
-    if leaky:
-        lines += [
-            "> **LEAKY: `--split random`.** Folds were cut file by file, so duplicates of one scan sit in "
-            "training and test folds. These numbers are inflated; they exist to show by how much.",
-            "",
-        ]
-    folds_by = "by file (leaky)" if leaky else "grouped by duplicate cluster"
-    lines += [
-        f"Protocol: {cv['k']}-fold nested cross-validation, folds {folds_by}, stratified, seed {cv['fold_seed']}. "
-        f"For each fold a search ({s.get('num_samples')} samples, ASHA over at most "
-        f"{s.get('scheduler', {}).get('max_t')} epochs on {s.get('metric')}) ran on the other folds (split into "
-        "train/val), its best config was refit there and predicted the held-out fold once"
-        + (
-            f" (as the mean class probabilities of its {cv['ensemble']} best configs, each refit)."
-            if cv.get("ensemble", 1) > 1
-            else "."
-        ),
-        "",
-    ]
-    return lines
-
-
-def _md_metric_table(m: dict, spread: dict, keys: tuple[str, ...]) -> list[str]:
-    """The pooled value (95% CI) and per-fold mean ± sd of every headline metric, the baseline under accuracy."""
-    lines = ["| metric | pooled out-of-fold (95% CI) | per-fold mean ± sd |", "|---|---|---|"]
-    for k in keys:
-        label, pct = METRIC_ROWS[k]
-        n = f" (n={m['n']})" if k == "accuracy" else ""
-        lines.append(f"| {label} | {_value(m, k)}{n} | {fmt_mean_sd(spread, k, pct)} |")
-        if k == "accuracy":
-            lines.append(f"| majority baseline | {fmt_metric(m['majority_baseline'], pct=True)} | |")
-    return lines
-
-
-def _md_fold_table(folds: list[dict], keys: tuple[str, ...]) -> list[str]:
-    """One row per fold: its size, headline metrics, majority baseline, refit epochs and best config."""
-    heads = " | ".join(METRIC_ROWS[k][0] for k in keys)
-    lines = [
-        f"| fold | n | {heads} | majority | refit epochs | best config |",
-        "|---|---|" + "---|" * len(keys) + "---|---|---|",
-    ]
-    for p in folds:
-        cells = " | ".join(fmt_metric(p[k], pct=METRIC_ROWS[k][1]) for k in keys)
-        majority = fmt_metric(p["majority_baseline"], pct=True)
-        lines.append(
-            f"| {p['fold']} | {p['n']} | {cells} | {majority} | {p['refit_epochs']} | {fmt_config(p['best_config'])} |"
-        )
-    return lines
-
-
-def cv_summary(report: dict, run_dir: Path) -> str:
-    m = report["metrics"]["pooled"]
-    spread = report["metrics"]["per_fold"]
-    protocol = "LEAKY random folds" if report["data"].get("leaky") else "grouped folds"
-    rows = [
-        ("data", report["data"]["source"] + (" (SYNTHETIC)" if report["data"]["synthetic"] else "")),
-        ("protocol", f"{report['cv']['k']}-fold nested CV, {protocol}"),
-    ]
-    for k in _keys(m):
-        label, pct = METRIC_ROWS[k]
-        extra = f"  n={m['n']}, per fold {fmt_mean_sd(spread, k, pct)}" if k == "accuracy" else ""
-        rows.append((f"{label} (95% CI)", _value(m, k) + extra))
-        if k == "accuracy":
-            rows.append(("majority baseline", fmt_metric(m["majority_baseline"], pct=True)))
-    rows += [
-        ("intervals", "bootstrap over duplicate groups of the pooled out-of-fold predictions"),
-        ("files", f"{run_dir}/ (report.json, report.md, predictions.csv, split.csv, plots, fold-<n>/)"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(["", *[f"{k:<{width}}  {v}" for k, v in rows]])
