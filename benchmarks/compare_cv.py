@@ -4,9 +4,11 @@
     python -m benchmarks.compare_cv --markdown REFERENCE RUN [RUN ...]   # a table, one row per run
 
 Both runs must have scored the same images (``predictions.csv`` of ``--cv`` runs). The difference B - A of
-each headline metric is computed on the same resamples of whole duplicate groups (2000, seeded), so the
-interval reflects how much the change helps on this data, beyond the luck of which groups were drawn. An
-interval that contains 0 means the change is not distinguishable from run-to-run spread on this set.
+each headline metric is computed on the same resamples of whole duplicate groups (2000, seeded): what it
+resamples is the images (by group) of one pair of runs, so its interval says how much of the difference the
+luck of which images were drawn could explain. It does not resample the runs: the run-to-run spread of a
+search (other folds, other sampled configs, ASHA's order) comes only from repeating the runs (``--repeats`` or
+other split seeds), and a difference smaller than that spread is not shown to be a gain by this interval.
 """
 
 from __future__ import annotations

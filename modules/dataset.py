@@ -1,4 +1,4 @@
-"""From a path to a leak-free, audited split: ingest, duplicate groups, grouped split, manifest and summary."""
+"""From a path to a duplicate-aware grouped, audited split: ingest, duplicate groups, grouped split, manifest and summary."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class PreparedData:
     fractions: tuple[float, float, float]
     synthetic: bool
     positive: int | None = None  # index in images.classes of a two-class set's positive class
-    split_mode: str = "grouped"  # "grouped" (leak-free) or "random" (by file, ignoring duplicates: leaky)
+    split_mode: str = "grouped"  # "grouped" (duplicate-aware) or "random" (by file, ignoring duplicates: leaky)
     fold: dict | None = None  # for one fold of a cross-validation: {"k": ..., "index": ..., "seed": ...}
 
     @property

@@ -1,6 +1,6 @@
 """Ingest a labelled image set: a folder with one sub-folder per class, or a .zip of one.
 
-Leak-free and hostile-input-safe by construction:
+Duplicate-aware and hostile-input-safe by construction:
 
 * the layout is ``root/<class>/...`` under at most one wrapping folder (``brain_tumor_dataset/yes``); the
   classes are the folders found there (two or more), or a list given by the caller;

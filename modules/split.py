@@ -94,7 +94,7 @@ def file_groups(n: int) -> list[str]:
 
 
 def groups_across_splits(groups: Sequence[str], splits: Sequence[str]) -> int:
-    """The number of groups whose members sit in more than one split (0 for a leak-free split)."""
+    """The number of groups whose members sit in more than one split (0 for a duplicate-aware grouped split)."""
     seen: dict[str, set[str]] = {}
     for g, s in zip(groups, splits, strict=True):
         seen.setdefault(g, set()).add(s)
