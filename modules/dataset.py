@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 from collections import Counter
@@ -54,7 +55,9 @@ class PreparedData:
     fractions: tuple[float, float, float]
     synthetic: bool
     positive: int | None = None  # index in images.classes of a two-class set's positive class
-    split_mode: str = "grouped"  # "grouped" (duplicate-aware) or "random" (by file, ignoring duplicates: leaky)
+    split_mode: str = (
+        "grouped"  # "grouped" (duplicate-aware) or "random" (by file, ignoring duplicates: leaky)
+    )
     fold: dict | None = None  # for one fold of a cross-validation: {"k": ..., "index": ..., "seed": ...}
 
     @property
@@ -88,6 +91,20 @@ class PreparedData:
             classes=self.images.classes,
             positive=self.positive,
         )
+
+    def without_test(self) -> PreparedData:
+        """This data set split into train/val only (grouped, stratified, this seed, in the train:val ratio of
+        ``fractions``): for fitting a final model on every image, to be scored on another collection."""
+        train_f, val_f = self.fractions[0], self.fractions[1]
+        splits = assign_groups(
+            self.images.labels,
+            self.split_groups(),
+            names=("train", "val"),
+            fractions=(train_f / (train_f + val_f), val_f / (train_f + val_f)),
+            seed=self.seed,
+        )
+        fractions = (train_f / (train_f + val_f), val_f / (train_f + val_f), 0.0)
+        return dataclasses.replace(self, splits=splits, fractions=fractions)
 
     def cv_folds(self, k: int) -> list[PreparedData]:
         """K copies of this data set, fold ``f`` held out as "test" and the rest split into train/val.

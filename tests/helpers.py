@@ -125,7 +125,8 @@ def search_settings(*argv: str):
     from tuning.config import TrainConfig
     from tuning.flags import values_of
     from tuning.search import get_args_parser
-    from tuning.settings import MODEL_FLAGS, SearchSettings, settings_from_flags
+    from tuning.settings import MODEL_FLAGS, SearchSettings
+    from tuning.settings_io import settings_from_flags
 
     args = get_args_parser().parse_args(list(argv))
     values = values_of(args, SearchSettings)

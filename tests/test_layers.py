@@ -28,6 +28,7 @@ LAYERS = {  # tuning's files, bottom (0) to top (5)
     "tuning.config": 1,
     "tuning.data_options": 1,
     "tuning.settings": 1,
+    "tuning.settings_io": 1,
     # the training engine (Lightning, no Ray) and the backbone a search shares
     "tuning.engine": 2,
     "tuning.backbone": 2,

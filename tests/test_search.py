@@ -155,3 +155,28 @@ def test_a_refit_on_train_and_val_trains_the_best_trials_epochs_and_keeps_the_la
     assert not any(
         row.get("val/loss") for row in logged
     )  # no validation ran: nothing was left to validate on
+
+
+def test_a_final_fit_trains_on_every_image_and_is_scored_elsewhere(ray_local, search_phantom, tmp_path):
+    """--final: train/val split of every image (no test), the refit on all of them, no test metrics; the model
+    is then scored by tuning.evaluate on another set."""
+    from modules.phantom import make_phantom
+    from tuning import evaluation
+
+    run = tmp_path / "final"
+    args = ["--space", "baseline_cnn", "--data", str(search_phantom), "--num-samples", "2", "--max-epochs", "2"]
+    args += ["--grace-period", "1", "--final", "--refit-on", "train+val", "--set", "cnn_depth=2"]
+    assert _run([*args, "--out", str(run), *TINY]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["metrics"]["test"] is None and report["trained_on"] == "train+val"
+    rows = list(csv.DictReader((run / "split.csv").open()))
+    assert {r["split"] for r in rows} == {"train", "val"}  # every image trains the refit
+    assert "final fit on every image" in (run / "report.md").read_text()
+    other = make_phantom(tmp_path / "other", n_per_class=6, size=64, seed=11)
+    scored = evaluation.run_evaluation(run / "model.pt", other, tmp_path / "eval")
+    assert scored["metrics"]["test"]["n"] == 12
+
+
+def test_a_final_fit_needs_the_refit_on_every_image(capsys):
+    assert _run(["--space", "baseline_cnn", "--final", "--no-dashboard"]) == 2
+    assert "--final trains the refit on every image; expected --refit-on train+val" in capsys.readouterr().err

@@ -15,7 +15,8 @@ from tuning.cli import warn
 from tuning.cv import run_cv
 from tuning.ray_runtime import share_cache
 from tuning.repeats_report import write_repeats_report
-from tuning.settings import SearchSettings, save_settings
+from tuning.settings import SearchSettings
+from tuning.settings_io import save_settings
 from tuning.split_search import search_split
 
 LEAKY_WARNING = (
@@ -86,6 +87,8 @@ def _run_one(s: SearchSettings, *, resume: bool) -> dict | None:
     )
     if data.leaky:
         warn(LEAKY_WARNING)
+    if s.final:
+        data = data.without_test()
     saved = run_dir / "search.json"
     if resume:
         previous = json.loads(saved.read_text()).get("data_fingerprint")

@@ -17,10 +17,21 @@ from tuning.cli import run_main
 from tuning.config import TrainConfig
 from tuning.flags import add_flags, flag_fields, values_of
 from tuning.pipeline import run_search
-from tuning.settings import MODEL_FLAGS, SearchSettings, load_settings, settings_from_flags
+from tuning.settings import MODEL_FLAGS, SearchSettings
+from tuning.settings_io import load_settings, settings_from_flags
 
 MODEL_GROUP = "model (values the space does not sample)"
-DATA_FLAGS = ["data", "positive_class", "split_seed", "strict", "must_link", "split", "cv", "repeats"]
+DATA_FLAGS = [
+    "data",
+    "positive_class",
+    "split_seed",
+    "strict",
+    "must_link",
+    "split",
+    "cv",
+    "repeats",
+    "final",
+]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -61,9 +61,7 @@ def summary_table(report: dict, run_dir: Path) -> str:
             f"{best['trial_id']} ({report['search']['metric']} {best['best_value']:.4f} at epoch "
             f"{best['best_iteration']})",
         ),
-        ("test accuracy (95% CI)", fmt_ci(m["accuracy"], m["accuracy_ci95"]) + f"  n={m['n']}"),
-        ("majority baseline", f"{100 * m['majority_baseline']:.1f}%"),
-        *[(name + (" (95% CI)" if "AUC" in name else ""), value) for name, value in metric_rows(m)],
+        *_test_rows(m),
         (
             "trials",
             "{total} ({terminated} finished, {stopped_early} stopped early by ASHA, {error} failed)".format(
@@ -74,6 +72,38 @@ def summary_table(report: dict, run_dir: Path) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(["", *[f"{k:<{width}}  {v}" for k, v in rows]])
+
+
+FINAL_FIT = "none: a final fit on every image (--final); score model.pt with python -m tuning.evaluate"
+
+
+def _test_rows(m: dict | None) -> list[tuple[str, str]]:
+    if m is None:
+        return [("test", FINAL_FIT)]
+    return [
+        ("test accuracy (95% CI)", fmt_ci(m["accuracy"], m["accuracy_ci95"]) + f"  n={m['n']}"),
+        ("majority baseline", f"{100 * m['majority_baseline']:.1f}%"),
+        *[(name + (" (95% CI)" if "AUC" in name else ""), value) for name, value in metric_rows(m)],
+    ]
+
+
+def _test_markdown(report: dict, m: dict | None) -> list[str]:
+    if m is None:
+        return ["## Test result", "", f"Test split: {FINAL_FIT}.", ""]
+    return [
+        "## Test result (refit of the best config, test split used once)",
+        "",
+        *_ensemble_lines(report),
+        "| metric | value (95% CI) |",
+        "|---|---|",
+        f"| accuracy | {fmt_ci(m['accuracy'], m['accuracy_ci95'])} (n={m['n']}) |",
+        f"| majority baseline | {100 * m['majority_baseline']:.1f}% |",
+        *[f"| {name} | {value} |" for name, value in metric_rows(m)],
+        *_f1_row(m),
+        "",
+        _confusion_line(m),
+        "",
+    ]
 
 
 def _f1_row(m: dict) -> list[str]:
@@ -118,18 +148,7 @@ def render_markdown(report: dict, trials: list[dict]) -> str:
         f"{d['files']} images {json.dumps(d['classes'])}; fingerprint `{d['fingerprint'][:16]}`; grouped split "
         f"seed {d['split_seed']} (see split.csv).",
         "",
-        "## Test result (refit of the best config, test split used once)",
-        "",
-        *_ensemble_lines(report),
-        "| metric | value (95% CI) |",
-        "|---|---|",
-        f"| accuracy | {fmt_ci(m['accuracy'], m['accuracy_ci95'])} (n={m['n']}) |",
-        f"| majority baseline | {100 * m['majority_baseline']:.1f}% |",
-        *[f"| {name} | {value} |" for name, value in metric_rows(m)],
-        *_f1_row(m),
-        "",
-        _confusion_line(m),
-        "",
+        *_test_markdown(report, m),
         "## Search",
         "",
         f"ASHA on {s['metric']} (max {s['scheduler']['max_t']} epochs, grace period {s['scheduler']['grace_period']}, "

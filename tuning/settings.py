@@ -6,11 +6,7 @@ Saved as ``search.json`` so that ``--resume`` repeats a search exactly. Each fie
 
 from __future__ import annotations
 
-import json
-import shlex
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from modules.dataset import SPLIT_MODES
 from modules.feature_cache import CACHE_PRECISIONS
@@ -53,6 +49,13 @@ class SearchSettings(DataOptions):
         "repeat's pooled result and the mean and SD across repeats",
         "data",
         metavar="R",
+    )
+    final: bool = setting(
+        False,
+        "fit a final model on every image: the search splits them into train/val only (no test split), the refit "
+        "trains on train+val (needs --refit-on train+val); no test metrics: score it with tuning.evaluate on "
+        "another collection",
+        "data",
     )
     space: str = setting("resnet_stage2", "baseline_cnn, resnet_stage1, resnet_stage2 or a JSON file", TUNING)
     num_samples: int = setting(8, "trials", TUNING)
@@ -213,6 +216,12 @@ def check_ranges(s: SearchSettings) -> None:
         ),
         (s.metric in RANK_METRICS, f"--metric must be val/loss or val/auroc, got {s.metric}"),
         (s.refit_on in ("train", "train+val"), f"--refit-on must be train or train+val, got {s.refit_on!r}"),
+        (not s.final or s.cv == 0, "--final fits one model on every image; expected no --cv"),
+        (
+            not s.final or s.refit_on == "train+val",
+            "--final trains the refit on every image; expected --refit-on train+val",
+        ),
+        (not s.final or s.ensemble == 1, "--final fits one model; expected --ensemble 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -232,60 +241,3 @@ def space_values(spec: dict, key: str, default) -> list:
     """The values an entry of a space can take (a constant, a choice, or the default when absent)."""
     v = spec.get(key, default)
     return list(v["choice"]) if isinstance(v, dict) and "choice" in v else [v]
-
-
-def parse_set(items: list[str]) -> dict:
-    """``--set KEY=VALUE`` items as typed TrainConfig values."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in FIELD_TYPES:
-            raise ValueError(
-                f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(FIELD_TYPES))}"
-            )
-        kind = FIELD_TYPES[key]
-        parse = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(
-            kind, str
-        )
-        try:
-            out[key] = parse(value)
-        except ValueError:
-            raise ValueError(f"--set {item!r}: {key} must be of type {kind}") from None
-    return out
-
-
-def settings_from_flags(values: dict, model: dict, set_items: list[str], argv: list[str]) -> SearchSettings:
-    """Settings from the parsed flags: ``values`` (SearchSettings fields), ``model`` (the MODEL_FLAGS
-    TrainConfig fields; ``resize`` None: 8/7 of ``image_size``), ``--set`` items and the command line."""
-    fixed = parse_set(set_items)
-    base = {
-        **model,
-        "resize": model["resize"] or round(model["image_size"] * 8 / 7),
-        "threads": max(1, int(values["cpus_per_trial"])),
-        **fixed,
-    }
-    space = values["space"]
-    if not values["run_dir"]:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = Path(space).stem if space.endswith(".json") else space
-        values = {**values, "run_dir": str(Path("results") / f"{name}-{stamp}")}
-    return SearchSettings(
-        **values, base=base, overrides=sorted(fixed), command="python -m tuning.search " + shlex.join(argv)
-    )
-
-
-def save_settings(s: SearchSettings, fingerprint: str) -> dict:
-    """The content of ``search.json``: the settings and the fingerprint of the data they ran on."""
-    return {**asdict(s), "data_fingerprint": fingerprint}
-
-
-def load_settings(run_dir: str | Path) -> SearchSettings:
-    """The settings of an earlier search, from its ``search.json``, with ``run_dir`` set to where it is now."""
-    path = Path(run_dir) / "search.json"
-    if not path.is_file():
-        raise ValueError(
-            f"--resume {run_dir}: no search.json there; expected the folder of an earlier search"
-        )
-    raw = json.loads(path.read_text())
-    known = {f.name for f in fields(SearchSettings)}
-    return SearchSettings(**{**{k: v for k, v in raw.items() if k in known}, "run_dir": str(Path(run_dir))})

@@ -70,12 +70,18 @@ def run_training(
     module, weights, dm, cached = engine.build_run(
         cfg, trial_data, backbone_state=backbone_state, cache=serving
     )
-    fit = _fit_and_test(cfg, module, dm, out, progress=progress, cached=cached, validate=validate)
-    if test_outputs is not None:
+    tested = "test" in data.splits  # a final fit on every image has no test split
+    fit = _fit_and_test(
+        cfg, module, dm, out, progress=progress, cached=cached, validate=validate, test=tested
+    )
+    if test_outputs is not None and tested:
         test_outputs.update(module.test_outputs)
-    probs, targets, test = _test_metrics(cfg, data, module.test_outputs)
     _export_checkpoint(out, module.network, cfg, data, weights=weights, best_epoch=fit.best_epoch)
-    plots = _plot_run(cfg, data, test, probs, targets, out)
+    if tested:
+        probs, targets, test = _test_metrics(cfg, data, module.test_outputs)
+        plots = _plot_run(cfg, data, test, probs, targets, out)
+    else:
+        test, plots = None, _plot_run(cfg, data, None, None, None, out)
     report = {
         **_report(
             cfg,
@@ -108,7 +114,15 @@ class _Fit:
 
 
 def _fit_and_test(
-    cfg: TrainConfig, module, dm, out: Path, *, progress: bool, cached: bool, validate: bool = True
+    cfg: TrainConfig,
+    module,
+    dm,
+    out: Path,
+    *,
+    progress: bool,
+    cached: bool,
+    validate: bool = True,
+    test: bool = True,
 ) -> _Fit:
     """Fit with early stopping on ``cfg.monitor``, logging to ``out/metrics.csv`` and keeping the best epoch's
     Lightning checkpoint under ``out/lightning_checkpoints``; then test that checkpoint once. ``validate``
@@ -144,7 +158,8 @@ def _fit_and_test(
     fit_seconds = time.perf_counter() - started
     best_path = checkpoint.best_model_path
     best_epoch = _epoch_of(best_path)
-    trainer.test(module, datamodule=dm, ckpt_path=best_path or None, verbose=False)
+    if test:  # (without a test split, as in a final fit, the module holds the kept last epoch already)
+        trainer.test(module, datamodule=dm, ckpt_path=best_path or None, verbose=False)
     return _Fit(best_epoch, _float(checkpoint.best_model_score), trainer.current_epoch, fit_seconds)
 
 
@@ -184,16 +199,19 @@ def _export_checkpoint(
     shutil.rmtree(out / _LIGHTNING_DIR, ignore_errors=True)
 
 
-def _plot_run(cfg: TrainConfig, data: PreparedData, test: dict, probs, targets, out: Path) -> list:
+def _plot_run(cfg: TrainConfig, data: PreparedData, test: dict | None, probs, targets, out: Path) -> list:
     """The loss curves, the test confusion matrix and ROC (one-vs-rest for more than two classes) under
-    ``out``; returns the paths written (None for a plot left out)."""
+    ``out`` (the loss curves alone when there was no test); returns the paths written (None for one left out)."""
+    curves = plot_loss_curves(
+        out / "metrics.csv",
+        out / "loss_curves.png",
+        stage2_epoch=cfg.stage2_epoch if cfg.model == "resnet50" else None,
+        title=f"{cfg.model}: loss per epoch",
+    )
+    if test is None:
+        return [curves]
     return [
-        plot_loss_curves(
-            out / "metrics.csv",
-            out / "loss_curves.png",
-            stage2_epoch=cfg.stage2_epoch if cfg.model == "resnet50" else None,
-            title=f"{cfg.model}: loss per epoch",
-        ),
+        curves,
         plot_confusion(
             test["confusion_matrix"],
             test["confusion_labels"],
@@ -237,7 +255,7 @@ def _report(
         "selection": {"metric": cfg.monitor, "mode": cfg.monitor_mode, "value": fit.best_value}
         if train_on == "train"
         else {"metric": None, "epochs": cfg.max_epochs, "kept": "the last epoch"},
-        "metrics": {"test": test},
+        "metrics": {"test": test},  # None for a final fit on every image (no test split)
         "time_s": {"fit": round(fit.seconds, 2)},
         "versions": versions(),
         "artifacts": {
