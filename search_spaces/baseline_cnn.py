@@ -2,6 +2,7 @@
 
 SPEC = {
     "model": "cnn",
+    "crop": "none",  # the whole scan, as this space was measured (results/brain_mri/baseline_cnn)
     "lr": {"loguniform": [1e-4, 3e-3]},
     "dropout": {"uniform": [0.0, 0.5]},
     "weight_decay": {"loguniform": [1e-6, 1e-3]},

@@ -81,6 +81,7 @@ def subprocess_env() -> dict[str, str]:
 
 TINY = {
     "model": "cnn",
+    "crop": "none",
     "cnn_depth": 2,
     "cnn_width": 8,
     "image_size": 32,
