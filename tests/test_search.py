@@ -164,7 +164,16 @@ def test_a_final_fit_trains_on_every_image_and_is_scored_elsewhere(ray_local, se
     from tuning import evaluation
 
     run = tmp_path / "final"
-    args = ["--space", "baseline_cnn", "--data", str(search_phantom), "--num-samples", "2", "--max-epochs", "2"]
+    args = [
+        "--space",
+        "baseline_cnn",
+        "--data",
+        str(search_phantom),
+        "--num-samples",
+        "2",
+        "--max-epochs",
+        "2",
+    ]
     args += ["--grace-period", "1", "--final", "--refit-on", "train+val", "--set", "cnn_depth=2"]
     assert _run([*args, "--out", str(run), *TINY]) == 0
     report = json.loads((run / "report.json").read_text())
