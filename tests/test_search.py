@@ -128,7 +128,7 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(ray_local, search_ph
 def test_a_refit_on_train_and_val_trains_the_best_trials_epochs_and_keeps_the_last(
     ray_local, search_phantom, tmp_path
 ):
-    """--refit-on train+val: the validation images join the refit's training data, the epoch count is the best
+    """--refit-on train+val (the default): the validation images join the refit's training data, the epoch count is the best
     trial's, and split.csv still shows what the trials saw (train / val / test)."""
     run = tmp_path / "tv"
     args = [
@@ -187,5 +187,5 @@ def test_a_final_fit_trains_on_every_image_and_is_scored_elsewhere(ray_local, se
 
 
 def test_a_final_fit_needs_the_refit_on_every_image(capsys):
-    assert _run(["--space", "baseline_cnn", "--final", "--no-dashboard"]) == 2
+    assert _run(["--space", "baseline_cnn", "--final", "--refit-on", "train", "--no-dashboard"]) == 2
     assert "--final trains the refit on every image; expected --refit-on train+val" in capsys.readouterr().err

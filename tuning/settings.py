@@ -27,7 +27,8 @@ def setting(default, help: str, group: str, **kwargs):
 
 @dataclass(frozen=True)
 class SearchSettings(DataOptions):
-    """The search; ``base`` holds the TrainConfig values the space does not sample."""
+    """The search; ``base`` holds the TrainConfig values the space does not sample. The defaults are the
+    confirmed recipe (results/brain_mri/LEVERS.md): 6 trials of 6 epochs, the refit on train+val."""
 
     split: str = setting(
         "grouped",
@@ -58,8 +59,8 @@ class SearchSettings(DataOptions):
         "data",
     )
     space: str = setting("resnet_stage2", "baseline_cnn, resnet_stage1, resnet_stage2 or a JSON file", TUNING)
-    num_samples: int = setting(8, "trials", TUNING)
-    max_epochs: int = setting(8, "epochs per trial, ASHA's max_t", TUNING)
+    num_samples: int = setting(6, "trials", TUNING)
+    max_epochs: int = setting(6, "epochs per trial, ASHA's max_t", TUNING)
     grace_period: int = setting(4, "ASHA's first rung, epochs", TUNING)
     reduction_factor: int = setting(2, "ASHA's reduction factor", TUNING)
     metric: str = setting("val/loss", "ranking metric", TUNING, choices=list(RANK_METRICS))
@@ -73,7 +74,7 @@ class SearchSettings(DataOptions):
     )
     allow_early_rung: bool = setting(False, "only warn when ASHA's first rung precedes stage 2", TUNING)
     refit_on: str = setting(
-        "train",
+        "train+val",
         "what the refit of the best config trains on: train (its epoch picked on val, as the trials did), or "
         "train+val (more images, for the best trial's number of epochs, the last one kept)",
         TUNING,
