@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from modules.dataset import PreparedData, resolve_data
 from tuning.flags import option
 
 DATA = "data"
@@ -45,3 +46,15 @@ class DataOptions:
             default_text="none",
         ),
     )
+
+    def prepared(self, *, warn=None, **kwargs) -> PreparedData:
+        """The data these options name, ingested, grouped and split (``kwargs``: more of ``prepare_data``'s)."""
+        return resolve_data(
+            self.data,
+            seed=self.split_seed,
+            strict=self.strict,
+            positive_class=self.positive_class,
+            must_link=self.must_link,
+            warn=warn,
+            **kwargs,
+        )

@@ -8,7 +8,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-from modules.dataset import resolve_data
 from modules.files import atomic_write_json, atomic_write_text
 from tuning.backbone import build_cache, search_weights
 from tuning.cli import warn
@@ -76,15 +75,7 @@ def repeat_settings(s: SearchSettings, seed: int) -> SearchSettings:
 def _run_one(s: SearchSettings, *, resume: bool) -> dict | None:
     run_dir = Path(s.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = resolve_data(
-        s.data,
-        seed=s.split_seed,
-        strict=s.strict,
-        positive_class=s.positive_class,
-        must_link=s.must_link,
-        warn=warn,
-        split=s.split,
-    )
+    data = s.prepared(warn=warn, split=s.split)
     if data.leaky:
         warn(LEAKY_WARNING)
     if s.final:

@@ -13,7 +13,6 @@ import argparse
 import shlex
 import sys
 
-from modules.dataset import resolve_data
 from tuning.cli import output_folder, run_main, warn
 from tuning.config import TrainConfig
 from tuning.data_options import DataOptions
@@ -43,14 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig.from_dict(values_of(args, TrainConfig))
     opts = DataOptions(**values_of(args, DataOptions))
     out = output_folder(args.out, "train", marker="report.json", overwrite=args.overwrite)
-    data = resolve_data(
-        opts.data,
-        seed=opts.split_seed,
-        strict=opts.strict,
-        positive_class=opts.positive_class,
-        must_link=opts.must_link,
-        warn=warn,
-    )
+    data = opts.prepared(warn=warn)
     command = "python -m tuning.train " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = run_training(cfg, data, out, command=command, progress=not args.no_progress)
     print(
