@@ -48,6 +48,7 @@ LAYERS = {  # tuning's files, bottom (0) to top (5)
     "tuning.repeats_report": 4,
     "tuning.cv": 4,
     "tuning.pipeline": 4,
+    "tuning.copies": 4,
     "tuning.evaluation": 4,
     "tuning.prediction": 4,
     # commands: a parser and main() each

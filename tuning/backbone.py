@@ -47,15 +47,8 @@ def build_cache(
     # the space's constants (e.g. crop, jitter) are part of every trial's preprocessing: the cache must match
     constants = {k: v for k, v in spec.items() if not is_sampled(v)}
     base = TrainConfig.from_dict({**s.base, **constants, "max_epochs": s.max_epochs})
-    starts = space_values(spec, "stage2_epoch", base.stage2_epoch)
-    unfreezes = any(
-        not isinstance(v, int) or v < s.max_epochs for v in starts
-    )  # a sampled range may unfreeze
-    depths = set(space_values(spec, "unfreeze_depth", base.unfreeze_depth)) if unfreezes else set()
-    layout = (weights or WeightsState(None, "none")).layout_for(base.weights_layout)
-    network = build_network("resnet50", num_classes=len(data.images.classes), weights="none", layout=layout)
-    if weights is not None and weights.tensors is not None:
-        load_backbone_state(network, weights.tensors, weights.description)
+    depths = _cached_depths(spec, base, s.max_epochs)
+    network = _backbone_network(base, weights, len(data.images.classes))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     td = data.trial_data()
     everything = [True] * len(td.splits) if every_image else None
@@ -87,6 +80,22 @@ def build_cache(
         f"{device}; shared through Ray's object store"
     )
     return cache
+
+
+def _cached_depths(spec: dict, base: TrainConfig, max_epochs: int) -> set[int]:
+    """The unfreeze depths whose cuts the trials can need: none when no trial can reach stage 2."""
+    starts = space_values(spec, "stage2_epoch", base.stage2_epoch)
+    unfreezes = any(not isinstance(v, int) or v < max_epochs for v in starts)  # a sampled range may unfreeze
+    return set(space_values(spec, "unfreeze_depth", base.unfreeze_depth)) if unfreezes else set()
+
+
+def _backbone_network(base: TrainConfig, weights: WeightsState | None, num_classes: int):
+    """The ResNet50 the cache runs: built in the weights' layout, with the weights loaded."""
+    layout = (weights or WeightsState(None, "none")).layout_for(base.weights_layout)
+    network = build_network("resnet50", num_classes=num_classes, weights="none", layout=layout)
+    if weights is not None and weights.tensors is not None:
+        load_backbone_state(network, weights.tensors, weights.description)
+    return network
 
 
 def cache_summary(cache: FeatureCache | None, trials_on_cache: int = 0) -> dict:

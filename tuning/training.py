@@ -61,15 +61,8 @@ def run_training(
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     atomic_write_text(out / "split.csv", data.split_csv())
 
-    if train_on not in TRAIN_ON:
-        raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
     validate = train_on == "train"
-    splits = data.splits if validate else ["train" if s == "val" else s for s in data.splits]
-    serving = cache.with_splits(splits) if cache is not None else None
-    trial_data = dataclasses.replace(data.trial_data(), splits=splits)
-    module, weights, dm, cached = engine.build_run(
-        cfg, trial_data, backbone_state=backbone_state, cache=serving
-    )
+    module, weights, dm, cached = _build_run(cfg, data, train_on, backbone_state=backbone_state, cache=cache)
     tested = "test" in data.splits  # a final fit on every image has no test split
     fit = _fit_and_test(
         cfg, module, dm, out, progress=progress, cached=cached, validate=validate, test=tested
@@ -100,6 +93,16 @@ def run_training(
     }
     atomic_write_json(out / "report.json", report)
     return report
+
+
+def _build_run(cfg: TrainConfig, data: PreparedData, train_on: str, *, backbone_state, cache):
+    """``engine.build_run`` on the images the run trains on: the train split, or train and val together."""
+    if train_on not in TRAIN_ON:
+        raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
+    splits = data.splits if train_on == "train" else ["train" if s == "val" else s for s in data.splits]
+    serving = cache.with_splits(splits) if cache is not None else None
+    trial_data = dataclasses.replace(data.trial_data(), splits=splits)
+    return engine.build_run(cfg, trial_data, backbone_state=backbone_state, cache=serving)
 
 
 @dataclass(frozen=True)
