@@ -131,17 +131,8 @@ def test_a_refit_on_train_and_val_trains_the_best_trials_epochs_and_keeps_the_la
     """--refit-on train+val (the default): the validation images join the refit's training data, the epoch count is the best
     trial's, and split.csv still shows what the trials saw (train / val / test)."""
     run = tmp_path / "tv"
-    args = [
-        "--space",
-        "resnet_stage2",
-        "--data",
-        str(search_phantom),
-        "--weights",
-        "none",
-        "--num-samples",
-        "2",
-    ]
-    args += ["--max-epochs", "4", "--grace-period", "4", "--cache-views", "2", "--refit-on", "train+val"]
+    args = ["--space", "resnet_stage2", "--data", str(search_phantom), "--weights", "none", "--num-samples", "2",
+            "--max-epochs", "4", "--grace-period", "4", "--cache-views", "2", "--refit-on", "train+val"]  # fmt: skip
     assert _run([*args, "--out", str(run), *TINY]) == 0
     report = _check_run_folder(run)
     epochs = report["best_trial"]["best_iteration"]
@@ -164,17 +155,8 @@ def test_a_final_fit_trains_on_every_image_and_is_scored_elsewhere(ray_local, se
     from tuning import evaluation
 
     run = tmp_path / "final"
-    args = [
-        "--space",
-        "baseline_cnn",
-        "--data",
-        str(search_phantom),
-        "--num-samples",
-        "2",
-        "--max-epochs",
-        "2",
-    ]
-    args += ["--grace-period", "1", "--final", "--refit-on", "train+val", "--set", "cnn_depth=2"]
+    args = ["--space", "baseline_cnn", "--data", str(search_phantom), "--num-samples", "2", "--max-epochs", "2",
+            "--grace-period", "1", "--final", "--refit-on", "train+val", "--set", "cnn_depth=2"]  # fmt: skip
     assert _run([*args, "--out", str(run), *TINY]) == 0
     report = json.loads((run / "report.json").read_text())
     assert report["metrics"]["test"] is None and report["trained_on"] == "train+val"
