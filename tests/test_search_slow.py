@@ -112,6 +112,13 @@ def test_two_node_cluster_places_trials_on_both_nodes(search_phantom, tmp_path):
             "--out",
             str(run),
             *TINY,
+            # trials long enough (seconds, not a fraction of one) that the second node's actor is up before
+            # the first node's reused actor has run them all: at 32 px a trial took 0.3 s, and on an idle
+            # machine every trial could land on one node
+            "--image-size",
+            "128",
+            "--resize",
+            "144",
         ]
         assert search.main(args) == 0
         import csv
