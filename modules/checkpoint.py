@@ -214,6 +214,12 @@ def eval_transform(meta: Mapping):
     return build_transform(preprocessing(meta), train=False)
 
 
+def uses_flip_tta(meta: Mapping) -> bool:
+    """Whether the checkpoint's recipe predicts with left-right flip test-time augmentation (``tta`` of its
+    config; checkpoints written before the option predict without)."""
+    return (meta.get("config") or {}).get("tta", "none") == "flip"
+
+
 def positive_index(meta: Mapping) -> int | None:
     """Index of a two-class checkpoint's positive class; None for more classes."""
     if meta["positive_class"] is None:
@@ -223,15 +229,21 @@ def positive_index(meta: Mapping) -> int | None:
 
 @torch.no_grad()
 def predict_probabilities(
-    network: nn.Module, images: Sequence[np.ndarray], transform, *, batch_size: int = 32
+    network: nn.Module, images: Sequence[np.ndarray], transform, *, batch_size: int = 32, flip: bool = False
 ) -> np.ndarray:
-    """Softmax probabilities ``(N, num_classes)`` of grayscale ``uint8`` arrays ``(H, W)`` (any sizes)."""
+    """Softmax probabilities ``(N, num_classes)`` of grayscale ``uint8`` arrays ``(H, W)`` (any sizes).
+
+    ``flip``: test-time augmentation, the mean of the probabilities of each transformed image and of its
+    left-right mirror."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.stack([transform(to_tensor(p)) for p in images[start : start + batch_size]])
-        out.append(network(batch).float().softmax(dim=1).cpu().numpy())
+        probs = network(batch).float().softmax(dim=1)
+        if flip:
+            probs = (probs + network(batch.flip(-1)).float().softmax(dim=1)) / 2
+        out.append(probs.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -63,10 +63,14 @@ def add_param_group(optimizer: Optimizer, params: list[nn.Parameter], lr: float,
 
     With LR schedulers (objects with ``base_lrs``) the group joins their schedule: its base LR is appended to
     each scheduler's ``base_lrs`` and it starts at ``lr`` times the factor the schedule has reached so far
-    (the first group's current LR over its base LR), so every group follows the same curve.
+    (the first group's current LR over its base LR), so every group follows the same curve. A scheduler with
+    ``add_group`` (``modules.schedules.WarmupCosine``) places the group itself (it warms up from this step).
     """
     factor = 1.0
     for scheduler in schedulers:
+        if hasattr(scheduler, "add_group"):  # a schedule that places a joining group itself (WarmupCosine)
+            factor = scheduler.add_group(lr) / lr
+            continue
         base = scheduler.base_lrs[0]
         factor = optimizer.param_groups[0]["lr"] / base if base else 1.0
         scheduler.base_lrs.append(lr)

@@ -10,6 +10,7 @@ Logged per epoch: ``train/loss``, ``train/acc``; ``val/`` and ``test/`` each ``l
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import pytorch_lightning as pl
@@ -30,8 +31,10 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from modules.schedules import WarmupCosine
+
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULERS = ("none", "cosine")
+SCHEDULERS = ("none", "cosine", "warmup_cosine")
 EVAL_SPLITS = ("val", "test")
 
 
@@ -71,8 +74,10 @@ class ClassifierModule(pl.LightningModule):
 
     ``lr``: learning rate of the parameters trainable when the optimiser is built (the head, under
     ``StagedFineTuning``; the whole network otherwise). ``optimizer``: ``"adamw"`` or ``"sgd"`` (momentum 0.9).
-    ``scheduler``: ``"none"`` or ``"cosine"`` (per-epoch cosine annealing to 0 over ``max_epochs``, which
-    defaults to the Trainer's). ``class_weights`` and ``label_smoothing`` shape the training loss only;
+    ``scheduler``: ``"none"``, ``"cosine"`` (per-epoch cosine annealing to 0 over ``max_epochs``, which
+    defaults to the Trainer's) or ``"warmup_cosine"`` (per step: a linear warm-up over ``warmup_epochs`` epochs,
+    for the head from the start and for the stage-2 backbone group from the step it joins, under one cosine
+    decay to 0; ``modules.schedules.WarmupCosine``). ``class_weights`` and ``label_smoothing`` shape the training loss only;
     ``val/loss`` and ``test/loss`` are plain cross-entropy so that they compare across configurations.
 
     ``positive_class``: index of the positive (tumour) class of a two-class problem; None means the last
@@ -94,6 +99,7 @@ class ClassifierModule(pl.LightningModule):
         optimizer: str = "adamw",
         scheduler: str = "none",
         max_epochs: int | None = None,
+        warmup_epochs: float = 0.0,
         class_weights: list[float] | None = None,
         label_smoothing: float = 0.0,
         positive_class: int | None = None,
@@ -207,9 +213,17 @@ class ClassifierModule(pl.LightningModule):
             return opt
         epochs = hp.max_epochs or (self.trainer.max_epochs if self._trainer is not None else None)
         if not epochs or epochs < 1:
-            raise ValueError(f"scheduler='cosine' needs max_epochs >= 1 (module or Trainer), got {epochs!r}")
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "epoch"}}
+            raise ValueError(
+                f"scheduler={hp.scheduler!r} needs max_epochs >= 1 (module or Trainer), got {epochs!r}"
+            )
+        if hp.scheduler == "cosine":
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "epoch"}}
+        per_epoch = math.ceil(self.trainer.estimated_stepping_batches / self.trainer.max_epochs)
+        warm = WarmupCosine(
+            opt, total_steps=per_epoch * epochs, warmup_steps=round(per_epoch * hp.warmup_epochs)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": warm, "interval": "step"}}
 
 
 def _number(value: object) -> bool:
@@ -236,6 +250,12 @@ def _validate(hp: dict) -> None:
     )
     _require(hp["optimizer"] in OPTIMIZERS, "optimizer", hp["optimizer"], f"one of {OPTIMIZERS}")
     _require(hp["scheduler"] in SCHEDULERS, "scheduler", hp["scheduler"], f"one of {SCHEDULERS}")
+    _require(
+        _number(hp["warmup_epochs"]) and hp["warmup_epochs"] >= 0,
+        "warmup_epochs",
+        hp["warmup_epochs"],
+        ">= 0",
+    )
     smoothing = hp["label_smoothing"]
     _require(_number(smoothing) and 0 <= smoothing < 1, "label_smoothing", smoothing, "in [0, 1)")
     positive = hp["positive_class"]

@@ -38,12 +38,15 @@ def _network() -> ResNet50Classifier:
     return ResNet50Classifier(num_classes=2, dropout=0.0)
 
 
-def module(scheduler: str = "none") -> ClassifierModule:
+def module(scheduler: str = "none", **kwargs) -> ClassifierModule:
     """A fresh module around a copy of one seeded ResNet50 (random init, weights "none")."""
-    return ClassifierModule(network=copy.deepcopy(_network()), lr=HEAD_LR, scheduler=scheduler)
+    return ClassifierModule(network=copy.deepcopy(_network()), lr=HEAD_LR, scheduler=scheduler, **kwargs)
 
 
-def fit(model, callbacks, *, max_epochs: int, tmp_path, ckpt_path=None, **kwargs) -> pl.Trainer:
+def fit(
+    model, callbacks, *, max_epochs: int, tmp_path, ckpt_path=None, train_loader=None, **kwargs
+) -> pl.Trainer:
+    kwargs = {"limit_train_batches": 1, **kwargs}
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=max_epochs,
@@ -53,10 +56,9 @@ def fit(model, callbacks, *, max_epochs: int, tmp_path, ckpt_path=None, **kwargs
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
-        limit_train_batches=1,
         **kwargs,
     )
-    trainer.fit(model, loader(), ckpt_path=ckpt_path)
+    trainer.fit(model, train_loader or loader(), ckpt_path=ckpt_path)
     return trainer
 
 
@@ -117,6 +119,43 @@ def test_stage1_freezes_backbone_and_bn_stats_then_stage2_trains_exactly_layer4(
     factor = (1 + math.cos(2 * math.pi / 3)) / 2
     assert recorder.lrs[2] == pytest.approx([HEAD_LR * factor, BACKBONE_LR * factor])
     assert trainer.lr_scheduler_configs[0].scheduler.base_lrs == [HEAD_LR, BACKBONE_LR]
+
+
+def test_warmup_cosine_warms_the_backbone_group_up_from_the_step_it_joins(tmp_path):
+    # 4 epochs of 2 steps; warm-up 1 epoch (2 steps); stage 2 joins at epoch 2 = step 4; total 8 steps
+    model, recorder = module("warmup_cosine", warmup_epochs=1.0, max_epochs=4), StepLRs()
+    staged = StagedFineTuning(stage2_epoch=2, unfreeze_depth=1, backbone_lr=BACKBONE_LR)
+    fit(
+        model,
+        [staged, recorder],
+        max_epochs=4,
+        tmp_path=tmp_path,
+        limit_train_batches=2,
+        train_loader=loader(8),
+    )
+
+    def cosine(step):
+        return (1 + math.cos(math.pi * step / 8)) / 2
+
+    # head: warm-up 1/2, 2/2 over steps 0-1, then the cosine alone
+    assert [lrs[0] for lrs in recorder.lrs] == pytest.approx(
+        [HEAD_LR * min(1, (t + 1) / 2) * cosine(t) for t in range(8)]
+    )
+    # backbone: joins at step 4 at half its warmed-up LR, full at step 5, under the same cosine
+    assert [lrs[1] for lrs in recorder.lrs[4:]] == pytest.approx(
+        [BACKBONE_LR * min(1, (t - 3) / 2) * cosine(t) for t in range(4, 8)]
+    )
+    assert all(len(lrs) == 1 for lrs in recorder.lrs[:4])
+
+
+class StepLRs(pl.Callback):
+    """The optimiser's LRs at each training step, as used by that step."""
+
+    def __init__(self) -> None:
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append([g["lr"] for g in trainer.optimizers[0].param_groups])
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])

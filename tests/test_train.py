@@ -2,12 +2,20 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from modules.checkpoint import CHECKPOINT_FORMAT
+from modules.checkpoint import (
+    CHECKPOINT_FORMAT,
+    eval_transform,
+    load_classifier,
+    predict_probabilities,
+    uses_flip_tta,
+)
 from modules.dataset import prepare_data
 from modules.phantom import make_phantom
+from modules.statistics import rank_auc
 from tuning import engine
 from tuning import train as train_cli
 from tuning.cli import run_main
@@ -47,6 +55,34 @@ def test_cnn_run_writes_a_complete_report(tiny_data, tmp_path):
     assert ckpt["classes"] == ["no", "yes"] and ckpt["preprocessing"]["image_size"] == 32
     assert ckpt["data"]["fingerprint"] == tiny_data.images.fingerprint
     assert not (tmp_path / "lightning_checkpoints").exists()
+
+
+def test_flip_tta_reports_the_checkpoints_mean_over_the_mirror(tiny_data, tmp_path):
+    cfg = TrainConfig.from_dict(
+        {
+            **FAST,
+            "model": "cnn",
+            "max_epochs": 2,
+            "cnn_depth": 2,
+            "cnn_width": 8,
+            "crop": "none",
+            "tta": "flip",
+        }
+    )
+    outputs = {}
+    report = run_training(cfg, tiny_data, tmp_path, progress=False, test_outputs=outputs)
+    network, meta = load_classifier(tmp_path / "model.pt")
+    assert uses_flip_tta(meta)
+    pixels = [tiny_data.images.records[i].pixels for i in tiny_data.indices("test")]
+    transform = eval_transform(meta)
+    plain = predict_probabilities(network, pixels, transform)
+    mirrored = predict_probabilities(network, [np.ascontiguousarray(p[:, ::-1]) for p in pixels], transform)
+    # the reported test outputs are the mean over each scan and its mirror, not the plain outputs
+    assert np.allclose(outputs["probs_all"].numpy(), (plain + mirrored) / 2, atol=1e-5)
+    assert not np.allclose(outputs["probs_all"].numpy(), plain, atol=1e-4)
+    assert report["metrics"]["test"]["auroc"] == pytest.approx(
+        rank_auc(outputs["labels"].numpy() == 1, outputs["probs"].numpy())
+    )
 
 
 def test_resnet50_staged_run(tiny_data, tmp_path):

@@ -24,6 +24,8 @@ TUNE_METRICS = {
 RANK_METRICS = {"val/loss": ("val_loss", "min"), "val/auroc": ("val_auroc", "max")}
 PRECISIONS = ("auto", "32-true", "bf16-mixed")
 WEIGHTS_LAYOUTS = ("auto", "v1", "v1.5")
+TTA_MODES = ("none", "flip")
+SCHEDULES = ("none", "cosine", "warmup_cosine")
 PRECISION_HELP = (
     "auto (bf16-mixed on a GPU or a CPU with bf16 instructions, else 32-true), 32-true or bf16-mixed"
 )
@@ -58,7 +60,13 @@ class TrainConfig:
     dropout: float = hp(0.3, "dropout before the final linear layer")
     weight_decay: float = hp(1e-4, "weight decay")
     optimizer: str = hp("adamw", "optimizer: adamw or sgd")
-    scheduler: str = hp("none", "learning-rate schedule: none or cosine")
+    scheduler: str = hp(
+        "none",
+        "learning-rate schedule: none, cosine (per epoch, to 0 at the last), or warmup_cosine (per step: a linear "
+        "warm-up over --warmup-epochs for the head and again for the unfrozen stages when they join, under one "
+        "cosine decay)",
+    )
+    warmup_epochs: float = hp(0.0, "warmup_cosine: epochs of linear warm-up (fractions allowed)")
     stage2_epoch: int = hp(3, "resnet50: first epoch (from 0) with unfrozen stages; >= max-epochs: never")
     unfreeze_depth: int = hp(1, "resnet50 stages to unfreeze: 1 = layer4 ... 4 = all")
     freeze_bn_stats: bool = hp(True, "keep the batch-norm running statistics of unfrozen stages")
@@ -79,6 +87,11 @@ class TrainConfig:
     crop: str = hp("brain", "none, or brain: cut each scan to the head's bounding box before resizing")
     intensity: float = hp(0.0, "training brightness/contrast jitter: factors within 1 +- this")
     scale: float = hp(0.0, "training zoom jitter: factors within 1 +- this")
+    tta: str = hp(
+        "none",
+        "test-time augmentation of the reported predictions (test split, evaluate, predict): none, or flip "
+        "(the mean of the probabilities of a scan and of its left-right mirror)",
+    )
     seed: int = hp(0, "seed of the weights' initialisation and the data order")
     precision: str = hp("auto", PRECISION_HELP)
     threads: int = hp(0, "torch CPU threads (0: torch's default)")
@@ -112,7 +125,9 @@ class TrainConfig:
             ("threads", self.threads >= 0, ">= 0"),
             ("num_workers", self.num_workers >= 0, ">= 0"),
             ("optimizer", self.optimizer in ("adamw", "sgd"), "adamw or sgd"),
-            ("scheduler", self.scheduler in ("none", "cosine"), "none or cosine"),
+            ("scheduler", self.scheduler in SCHEDULES, "none, cosine or warmup_cosine"),
+            ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
+            ("tta", self.tta in TTA_MODES, "none or flip"),
             ("weights_layout", self.weights_layout in WEIGHTS_LAYOUTS, "auto, v1 or v1.5"),
         ]
         for name, ok, expected in checks:

@@ -89,6 +89,7 @@ def build_classifier(
         optimizer=cfg.optimizer,
         scheduler=cfg.scheduler,
         max_epochs=cfg.max_epochs,
+        warmup_epochs=cfg.warmup_epochs,
         class_weights=class_weights,
         label_smoothing=cfg.label_smoothing,
         positive_class=positive if num_classes == 2 else None,

@@ -18,6 +18,7 @@ from modules.checkpoint import (
     model_info,
     positive_index,
     predict_probabilities,
+    uses_flip_tta,
 )
 from modules.duplicates import DEFAULT_THRESHOLD, group_duplicates
 from modules.files import atomic_write_json, atomic_write_text
@@ -148,7 +149,12 @@ def _score(models: list, meta: dict, recs: list[ImageRecord], *, threshold: floa
     classes, positive = list(meta["classes"]), meta["positive_class"]
     pixels = [r.pixels for r in recs]
     probs_all = np.mean(
-        [predict_probabilities(net, pixels, eval_transform(m), batch_size=batch_size) for net, m in models],
+        [
+            predict_probabilities(
+                net, pixels, eval_transform(m), batch_size=batch_size, flip=uses_flip_tta(m)
+            )
+            for net, m in models
+        ],
         axis=0,
     )
     pos = positive_index(meta)

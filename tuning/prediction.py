@@ -22,6 +22,7 @@ from modules.checkpoint import (
     positive_index,
     predict_probabilities,
     preprocessing,
+    uses_flip_tta,
 )
 from modules.decode import KEEP_MAX_SIDE, read_image, shrink  # the ingest's own rules: the same as training
 from modules.files import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -180,7 +181,7 @@ def _predict_source(
         return row
     pixels = image.pixels
     shown = shrink(pixels, KEEP_MAX_SIDE)  # what ingest keeps, so the numbers match tuning.evaluate
-    probs = predict_probabilities(model.network, [shown], model.transform)
+    probs = predict_probabilities(model.network, [shown], model.transform, flip=uses_flip_tta(model.meta))
     row["probs"] = {c: float(p) for c, p in zip(model.classes, probs[0], strict=True)}
     row["probability"] = None if model.pos is None else float(probs[0, model.pos])
     row["label"] = decide_labels(probs, model.meta, threshold=threshold)[0]

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from modules.checkpoint import write_checkpoint
+from modules.checkpoint import eval_transform, load_classifier, predict_probabilities, write_checkpoint
 from modules.dataset import PreparedData
 from modules.files import atomic_write_json, atomic_write_text
 from modules.split import majority_baselines
@@ -67,9 +68,11 @@ def run_training(
     fit = _fit_and_test(
         cfg, module, dm, out, progress=progress, cached=cached, validate=validate, test=tested
     )
+    _export_checkpoint(out, module.network, cfg, data, weights=weights, best_epoch=fit.best_epoch)
+    if tested and cfg.tta == "flip":
+        module.test_outputs = _flip_test_outputs(out / "model.pt", data)
     if test_outputs is not None and tested:
         test_outputs.update(module.test_outputs)
-    _export_checkpoint(out, module.network, cfg, data, weights=weights, best_epoch=fit.best_epoch)
     if tested:
         probs, targets, test = _test_metrics(cfg, data, module.test_outputs)
         plots = _plot_run(cfg, data, test, probs, targets, out)
@@ -164,6 +167,19 @@ def _fit_and_test(
     if test:  # (without a test split, as in a final fit, the module holds the kept last epoch already)
         trainer.test(module, datamodule=dm, ckpt_path=best_path or None, verbose=False)
     return _Fit(best_epoch, _float(checkpoint.best_model_score), trainer.current_epoch, fit_seconds)
+
+
+def _flip_test_outputs(checkpoint: Path, data: PreparedData) -> dict:
+    """The test outputs of the exported checkpoint (the tested epoch, the whole network) with left-right flip
+    test-time augmentation, as ``tuning.evaluate`` and ``tuning.predict`` compute them from that file."""
+    network, meta = load_classifier(checkpoint)
+    test = data.indices("test")
+    pixels = [data.images.records[i].pixels for i in test]
+    probs = torch.from_numpy(predict_probabilities(network, pixels, eval_transform(meta), flip=True))
+    outputs = {"probs_all": probs, "labels": torch.from_numpy(data.images.targets[test])}
+    if data.positive is not None:
+        outputs["probs"] = probs[:, data.positive]
+    return outputs
 
 
 def _test_metrics(cfg: TrainConfig, data: PreparedData, outputs: dict):
