@@ -143,6 +143,7 @@ class WeightsState:
     description: str
     layout: str | None = None
     provenance: str | None = None
+    random_init: bool = False  # drawn at random: its batch-norm statistics are to be set from training images
 
     def layout_for(self, asked: str) -> str:
         """The network layout to build: ``asked`` ("v1", "v1.5"), or for "auto" the weights' own layout where
@@ -169,6 +170,22 @@ def resolve_weights(weights: str | os.PathLike) -> WeightsState:
     digest = _sha256(path)
     layout, provenance = KNOWN_WEIGHTS.get(digest, (None, None))
     return WeightsState(_read_state_dict(path), f"file:{path} sha256={digest[:12]}", layout, provenance)
+
+
+@torch.no_grad()
+def calibrate_batch_norm(network: nn.Module, images, transform, *, batch_size: int = 32) -> None:
+    """Set every batch-norm layer's running statistics of ``network`` to those of ``images`` (``(H, W)`` uint8
+    arrays, through ``transform``): torch's ``swa_utils.update_bn``, one pass in train mode (each statistic the
+    mean over the batches of ``batch_size`` of each batch's), then eval mode.
+
+    A randomly initialised backbone starts with running mean 0 and variance 1 in every layer; frozen with those
+    statistics its 2048 features are scaled by accident of the initialisation (they grow or vanish through the
+    50 layers), and a head trained on them learns little. With statistics from the training images each layer
+    normalises what it actually receives, as a pretrained backbone's does."""
+    tensors = [transform(torch.from_numpy(p)[None]) for p in images]
+    batches = [torch.stack(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)]
+    torch.optim.swa_utils.update_bn(batches, network)
+    network.eval()
 
 
 def load_backbone_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:

@@ -35,6 +35,7 @@ LAYERS = {  # tuning's files, bottom (0) to top (5)
     # the Ray runtime
     "tuning.ray_runtime": 3,
     "tuning.trainable": 3,
+    "tuning.progress": 3,
     "tuning.tuner": 3,
     # orchestration
     "tuning.plots": 4,

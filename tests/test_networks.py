@@ -4,13 +4,15 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from modules import weights
 from modules.networks import PyTorchCNN, ResNet50Classifier, build_network
-from modules.weights import WeightsError, load_resnet50_weights, resolve_weights
+from modules.transforms import Preprocessing, build_transform
+from modules.weights import WeightsError, calibrate_batch_norm, load_resnet50_weights, resolve_weights
 
 REAL_WEIGHTS = Path(
     os.environ.get(
@@ -245,3 +247,24 @@ def test_auto_layout_follows_the_weights():
 def test_the_shared_weights_file_is_recognised_as_v1():
     state = resolve_weights(REAL_WEIGHTS)
     assert state.layout == "v1" and state.layout_for("auto") == "v1" and "MSRA" in state.provenance
+
+
+def test_batch_norm_calibration_sets_the_statistics_of_the_images():
+    torch.manual_seed(0)
+    network = ResNet50Classifier(num_classes=2)
+    images = [np.random.default_rng(i).integers(0, 255, (40, 40), dtype=np.uint8) for i in range(6)]
+    transform = build_transform(Preprocessing(image_size=32, resize=36, crop="none"), train=False)
+    calibrate_batch_norm(network, images, transform, batch_size=3)
+    assert not network.training
+    x = torch.stack([transform(torch.from_numpy(p)[None]) for p in images])
+    with torch.no_grad():
+        first = network.backbone.conv1(x)  # what bn1 normalises
+    # torch's update_bn: the mean over the batches (two of 3 images) of each batch's statistics
+    halves = (first[:3], first[3:])
+    bn1 = network.backbone.bn1
+    assert torch.allclose(bn1.running_mean, first.mean(dim=(0, 2, 3)), atol=1e-5)
+    var = sum(h.var(dim=(0, 2, 3), unbiased=True) for h in halves) / 2
+    assert torch.allclose(bn1.running_var, var, rtol=1e-4, atol=1e-6)
+    assert bn1.momentum == 0.1  # the layers' own momentum is put back
+    deep = network.backbone.layer4[-1].bn3
+    assert not torch.allclose(deep.running_var, torch.ones_like(deep.running_var))

@@ -3,7 +3,11 @@
 import csv
 import json
 
+import torch
+
+from modules.weights import resolve_weights
 from tests.helpers import TINY_SEARCH as TINY
+from tests.helpers import search_settings
 from tuning import search
 from tuning.cli import run_main
 
@@ -171,3 +175,24 @@ def test_a_final_fit_trains_on_every_image_and_is_scored_elsewhere(ray_local, se
 def test_a_final_fit_needs_the_refit_on_every_image(capsys):
     assert _run(["--space", "baseline_cnn", "--final", "--refit-on", "train", "--no-dashboard"]) == 2
     assert "--final trains the refit on every image; expected --refit-on train+val" in capsys.readouterr().err
+
+
+def test_a_random_backbone_takes_batch_norm_statistics_from_the_training_images_only(search_phantom):
+    from modules.dataset import prepare_data
+    from tuning.backbone import base_config, calibrated, random_weights, with_batch_norm_statistics
+
+    s = search_settings("--space", "resnet_stage2", "--weights", "none", "--image-size", "32")
+    spec = s.spec()
+    data = prepare_data(search_phantom, seed=0)
+    weights = with_batch_norm_statistics(s, spec, data, random_weights(s.seed))
+    assert not weights.random_init and "batch-norm statistics from the" in weights.description
+    pixels = [r.pixels for r in data.images.records]
+    train = [pixels[i] for i in data.indices("train")]
+    base = base_config(s, spec)
+    key = "layer4.2.bn3.running_var"
+    assert torch.equal(weights.tensors[key], calibrated(random_weights(s.seed), base, train).tensors[key])
+    assert not torch.equal(
+        weights.tensors[key], calibrated(random_weights(s.seed), base, pixels).tensors[key]
+    )
+    pretrained = resolve_weights("none")  # not drawn at random by a search: left as it is
+    assert with_batch_norm_statistics(s, spec, data, pretrained) is pretrained

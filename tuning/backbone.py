@@ -3,12 +3,15 @@ feature cache of its outputs (computed once per experiment)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from modules.dataset import PreparedData
 from modules.feature_cache import FeatureCache, build_feature_cache
 from modules.networks import build_network
-from modules.weights import WeightsState, load_backbone_state, resolve_weights
+from modules.transforms import build_transform
+from modules.weights import WeightsState, calibrate_batch_norm, load_backbone_state, resolve_weights
 from tuning.config import TrainConfig
 from tuning.settings import SearchSettings, is_sampled, space_values
 
@@ -20,13 +23,48 @@ def search_weights(spec: dict, s: SearchSettings) -> WeightsState | None:
     if model != "resnet50" and not isinstance(model, dict):  # a space may also choose the model
         return None
     state = resolve_weights(s.base.get("weights", "imagenet"))
-    if state.tensors is None:
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(s.seed)
-        backbone = build_network("resnet50", num_classes=2, weights="none").backbone
-        torch.random.set_rng_state(generator_state)
-        state = WeightsState(dict(backbone.state_dict()), f"none (random init, seed {s.seed})")
-    return state
+    return random_weights(s.seed) if state.tensors is None else state
+
+
+def random_weights(seed: int) -> WeightsState:
+    """A randomly initialised ResNet50 backbone drawn from ``seed`` (the global generator left as it was)."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    backbone = build_network("resnet50", num_classes=2, weights="none").backbone
+    torch.random.set_rng_state(generator_state)
+    return WeightsState(dict(backbone.state_dict()), f"none (random init, seed {seed})", random_init=True)
+
+
+def with_batch_norm_statistics(
+    s: SearchSettings, spec: dict, data: PreparedData, weights: WeightsState | None
+) -> WeightsState | None:
+    """``weights`` as they are, or for a random init (``--weights none``) with every batch-norm layer's running
+    statistics taken from the training images of ``data`` (``modules.weights.calibrate_batch_norm``): never
+    from validation or test images, so a cross-validation sets them per fold."""
+    if weights is None or not weights.random_init:
+        return weights
+    pixels = [data.images.records[i].pixels for i in data.indices("train")]
+    return calibrated(weights, base_config(s, spec), pixels)
+
+
+def calibrated(weights: WeightsState, cfg: TrainConfig, pixels: list) -> WeightsState:
+    """``weights`` with the batch-norm statistics of ``pixels`` (the training images, in ``cfg``'s evaluation
+    preprocessing and layout), described as such."""
+    network = _backbone_network(cfg, weights, 2)
+    calibrate_batch_norm(network, pixels, build_transform(cfg.preprocessing, train=False))
+    return dataclasses.replace(
+        weights,
+        tensors=dict(network.backbone.state_dict()),
+        description=f"{weights.description}; batch-norm statistics from the {len(pixels)} training images",
+        random_init=False,
+    )
+
+
+def base_config(s: SearchSettings, spec: dict) -> TrainConfig:
+    """The configuration every trial shares: the search's fixed values and the space's constants (e.g. crop,
+    jitter), which set the preprocessing that the cache and the batch-norm statistics must match."""
+    constants = {k: v for k, v in spec.items() if not is_sampled(v)}
+    return TrainConfig.from_dict({**s.base, **constants, "max_epochs": s.max_epochs})
 
 
 def build_cache(
@@ -44,9 +82,7 @@ def build_cache(
     models = space_values(spec, "model", s.base.get("model", TrainConfig.model))
     if not s.cache or models != ["resnet50"]:
         return None
-    # the space's constants (e.g. crop, jitter) are part of every trial's preprocessing: the cache must match
-    constants = {k: v for k, v in spec.items() if not is_sampled(v)}
-    base = TrainConfig.from_dict({**s.base, **constants, "max_epochs": s.max_epochs})
+    base = base_config(s, spec)
     depths = _cached_depths(spec, base, s.max_epochs)
     network = _backbone_network(base, weights, len(data.images.classes))
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -25,7 +25,7 @@ from modules.dataset import PreparedData
 from modules.files import atomic_write_text, csv_text
 from modules.sources import display_path
 from modules.weights import WeightsState
-from tuning.backbone import build_cache
+from tuning.backbone import build_cache, with_batch_norm_statistics
 from tuning.cv_report import cv_report, prediction_fields, write_cv_outputs
 from tuning.cv_text import cv_summary
 from tuning.ray_runtime import share_cache
@@ -42,7 +42,10 @@ def run_cv(
     started = time.perf_counter()
     folds = data.cv_folds(s.cv)
     _write_folds(s, data, folds)
-    cache = build_cache(s, spec, data, weights, every_image=True)
+    # a random init takes its batch-norm statistics from each fold's training images: a backbone (and a cache)
+    # per fold; pretrained weights serve every fold from one cache of every image
+    per_fold = weights is not None and weights.random_init
+    cache = None if per_fold else build_cache(s, spec, data, weights, every_image=True)
     stored = None  # into Ray's object store before the first fold that still needs a search
     done: list[dict] = []
     for fold in folds:
@@ -61,11 +64,22 @@ def run_cv(
             f"\n=== fold {f + 1} of {s.cv}: search on train {counts['train']} / val {counts['val']}, "
             f"test {counts['test']} held out"
         )
-        if stored is None and cache is not None:
+        fold_weights = with_batch_norm_statistics(fs, spec, fold, weights)
+        if per_fold:
+            cache = build_cache(fs, spec, fold, fold_weights)
+            stored = share_cache(s, cache) if cache is not None else None
+        elif stored is None and cache is not None:
             stored = share_cache(s, cache)
         outputs: dict = {}
         report = search_split(
-            fs, fold, spec, weights, stored, resume=fold_resume, resume_dir=s.run_dir, test_outputs=outputs
+            fs,
+            fold,
+            spec,
+            fold_weights,
+            stored,
+            resume=fold_resume,
+            resume_dir=s.run_dir,
+            test_outputs=outputs,
         )
         if report is None:
             return None

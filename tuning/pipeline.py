@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from modules.files import atomic_write_json, atomic_write_text
-from tuning.backbone import build_cache, search_weights
+from tuning.backbone import build_cache, search_weights, with_batch_norm_statistics
 from tuning.cli import warn
 from tuning.cv import run_cv
 from tuning.ray_runtime import share_cache
@@ -98,6 +98,7 @@ def _run_one(s: SearchSettings, *, resume: bool) -> dict | None:
     weights = search_weights(spec, s)
     if s.cv:
         return run_cv(s, data, spec, weights, resume=resume)
+    weights = with_batch_norm_statistics(s, spec, data, weights)
     atomic_write_text(run_dir / "split.csv", data.split_csv())
     print(
         f"data: {data.images.source}{' (SYNTHETIC phantom set)' if data.synthetic else ''}: "

@@ -104,6 +104,7 @@ class SearchSettings(DataOptions):
     dashboard_host: str = setting("127.0.0.1", "interface the local dashboard binds to", CLUSTER)
     dashboard_port: int = setting(8265, "dashboard port", CLUSTER)
     dashboard: bool = setting(True, "start the local Ray with its dashboard", CLUSTER)
+    verbose: bool = setting(False, "Ray Tune's own status tables instead of one line per trial event", OUTPUT)
     storage: str | None = setting(
         None, "Ray Tune storage: a shared path or cloud URI", OUTPUT, default_text="<run folder>/ray"
     )

@@ -23,6 +23,7 @@ from modules.split import majority_baselines
 from modules.statistics import classification_metrics
 from modules.weights import WeightsState
 from tuning import engine
+from tuning.backbone import calibrated, random_weights
 from tuning.cli import set_threads
 from tuning.config import TrainConfig
 from tuning.plots import plot_confusion, plot_loss_curves, plot_roc, plot_roc_ovr
@@ -105,6 +106,9 @@ def _build_run(cfg: TrainConfig, data: PreparedData, train_on: str, *, backbone_
     splits = data.splits if train_on == "train" else ["train" if s == "val" else s for s in data.splits]
     serving = cache.with_splits(splits) if cache is not None else None
     trial_data = dataclasses.replace(data.trial_data(), splits=splits)
+    if backbone_state is None and cfg.model == "resnet50" and str(cfg.weights).lower() == "none":
+        trained = [image for image, split in zip(trial_data.images, splits, strict=True) if split == "train"]
+        backbone_state = calibrated(random_weights(cfg.seed), cfg, trained)
     return engine.build_run(cfg, trial_data, backbone_state=backbone_state, cache=serving)
 
 

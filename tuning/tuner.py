@@ -14,8 +14,9 @@ from ray.tune.search import BasicVariantGenerator
 from modules.dataset import PreparedData
 from modules.weights import WeightsState
 from search_spaces import to_tune
+from tuning.progress import TrialEvents
 from tuning.ray_runtime import StoredCache
-from tuning.settings import SearchSettings
+from tuning.settings import SearchSettings, is_sampled
 from tuning.trainable import SharedCache, trainable
 
 EXPERIMENT = "tune"
@@ -60,6 +61,15 @@ def make_tuner(
     if resume and tune.Tuner.can_restore(path):
         print(f"resuming the search in {path}: finished trials are kept, unfinished ones start again")
         return tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
+    # one line per trial event; Ray's own status tables instead with --verbose
+    events = TrialEvents(
+        total=s.num_samples,
+        sampled=[k for k, v in spec.items() if is_sampled(v)],
+        metric=metric,
+        mode=mode,
+        max_epochs=s.max_epochs,
+        concurrency=s.max_concurrent or max(1, int((os.cpu_count() or 1) / max(s.cpus_per_trial, 0.01))),
+    )
     return tune.Tuner(
         fn,
         param_space=to_tune(spec),
@@ -77,7 +87,8 @@ def make_tuner(
             storage_path=storage_path(s),
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=1,
+            verbose=1 if s.verbose else 0,
+            callbacks=[] if s.verbose else [events],
         ),
     )
 
