@@ -143,7 +143,10 @@ class WeightsState:
     description: str
     layout: str | None = None
     provenance: str | None = None
-    random_init: bool = False  # drawn at random: its batch-norm statistics are to be set from training images
+    random_init: bool = (
+        False  # drawn at random (its batch-norm statistics are to be set from training images)
+    )
+    calibrated: bool = False  # batch-norm statistics set from training images (``calibrate_batch_norm``)
 
     def layout_for(self, asked: str) -> str:
         """The network layout to build: ``asked`` ("v1", "v1.5"), or for "auto" the weights' own layout where

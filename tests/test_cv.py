@@ -200,6 +200,7 @@ def test_repeated_cv_reports_each_repeat_and_the_spread_across_them(
     spread = report["metrics"]["across_repeats"]["accuracy"]
     assert spread["values"] == accuracies and spread["mean"] == pytest.approx(sum(accuracies) / 2)
     assert "| mean ± SD |" in (run / "report.md").read_text()
+    assert "mean ± SD" in (run / "report.html").read_text()
     capsys.readouterr()
     assert _run(["--resume", str(run)]) == 0  # every repeat finished: nothing is redone
     assert capsys.readouterr().out.count("complete already") == 2

@@ -57,8 +57,9 @@ def test_cli_writes_the_report_and_refuses_to_overwrite(run, test_split, tmp_pat
     assert "accuracy" in printed and "majority baseline" in printed and "ROC AUC" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["command"].startswith("python -m tuning.evaluate --checkpoint")
-    for name in ("predictions.csv", "confusion_matrix.png", "roc.png"):
+    for name in ("predictions.csv", "confusion_matrix.png", "roc.png", "report.md", "report.html"):
         assert (out / name).is_file(), name
+    assert "# Evaluation report" in (out / "report.md").read_text()
     assert report["artifacts"]["plots"] == ["confusion_matrix.png", "roc.png"]
     assert run_main(evaluate.main, args) == 2
     assert "already holds a report.json" in capsys.readouterr().err

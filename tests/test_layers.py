@@ -40,6 +40,7 @@ LAYERS = {  # tuning's files, bottom (0) to top (5)
     # orchestration
     "tuning.plots": 4,
     "tuning.formatting": 4,
+    "tuning.html_report": 4,
     "tuning.training": 4,
     "tuning.search_report": 4,
     "tuning.refit": 4,

@@ -24,6 +24,7 @@ def _check_run_folder(run):
     assert "majority_baseline" in test and test["n"] > 0
     for name in (
         "report.md",
+        "report.html",
         "trials.csv",
         "split.csv",
         "model.pt",
@@ -185,7 +186,7 @@ def test_a_random_backbone_takes_batch_norm_statistics_from_the_training_images_
     spec = s.spec()
     data = prepare_data(search_phantom, seed=0)
     weights = with_batch_norm_statistics(s, spec, data, random_weights(s.seed))
-    assert not weights.random_init and "batch-norm statistics from the" in weights.description
+    assert weights.calibrated and "batch-norm statistics from the" in weights.description
     pixels = [r.pixels for r in data.images.records]
     train = [pixels[i] for i in data.indices("train")]
     base = base_config(s, spec)

@@ -98,7 +98,13 @@ def test_resnet50_staged_run(tiny_data, tmp_path):
         }
     )
     report = run_training(cfg, tiny_data, tmp_path, progress=False)
-    assert report["weights"] == "none" and report["weights_layout"] == "v1"
+    # a random init takes its batch-norm statistics from the training images (the train split only)
+    n_train = tiny_data.splits.count("train")
+    assert (
+        report["weights"]
+        == f"none (random init, seed 0); batch-norm statistics from the {n_train} training images"
+    )
+    assert report["weights_layout"] == "v1"
     assert report["versions"]["code"]  # the revision (or "unknown" outside a git checkout)
     assert torch.load(tmp_path / "model.pt", weights_only=True)["network_hparams"]["layout"] == "v1"
     assert report["epochs_trained"] == 2
@@ -145,6 +151,8 @@ def test_cli_end_to_end(tmp_path, tiny_phantom, capsys):
     assert "test accuracy" in out and "majority baseline" in out
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["command"].startswith("python -m tuning.train --data")
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert report["data"]["fingerprint"] in page and "majority baseline" in page
     assert report["config"]["precision"] == "auto"
     assert report["precision"] == engine.resolve_precision(TrainConfig())  # what "auto" ran as here
 

@@ -41,7 +41,7 @@ def with_batch_norm_statistics(
     """``weights`` as they are, or for a random init (``--weights none``) with every batch-norm layer's running
     statistics taken from the training images of ``data`` (``modules.weights.calibrate_batch_norm``): never
     from validation or test images, so a cross-validation sets them per fold."""
-    if weights is None or not weights.random_init:
+    if weights is None or not weights.random_init or weights.calibrated:
         return weights
     pixels = [data.images.records[i].pixels for i in data.indices("train")]
     return calibrated(weights, base_config(s, spec), pixels)
@@ -56,7 +56,7 @@ def calibrated(weights: WeightsState, cfg: TrainConfig, pixels: list) -> Weights
         weights,
         tensors=dict(network.backbone.state_dict()),
         description=f"{weights.description}; batch-norm statistics from the {len(pixels)} training images",
-        random_init=False,
+        calibrated=True,
     )
 
 
@@ -92,6 +92,10 @@ def build_cache(
     train_on = everything or (
         [sp in ("train", "val") for sp in td.splits] if s.refit_on == "train+val" else None
     )
+    # a random backbone's batch norm, set from a few images, divides by tiny variances: bf16's rounding grows
+    # through its 50 layers until cached features no longer give the network's outputs (0.2 apart in
+    # probability on the test phantom), so it is cached in float32
+    precision = "32" if weights is not None and weights.random_init else s.cache_precision
     cache = build_feature_cache(
         network,
         td.images,
@@ -103,7 +107,7 @@ def build_cache(
         seed=s.seed,
         device=device,
         max_bytes=int(s.cache_max_gb * 1e9),
-        precision=s.cache_precision,
+        precision=precision,
         train_on=train_on,
         evaluate_on=everything,
     )
@@ -111,7 +115,7 @@ def build_cache(
     cache.info["weights_layout"] = base.weights_layout  # one weights state per search: one resolved layout
     cuts = f", cuts for unfreeze depth {list(cache.depths)}" if cache.depths else ""
     print(
-        f"feature cache: {cache.nbytes / 1e6:.1f} MB (float16, computed in {s.cache_precision}; {s.cache_views} "
+        f"feature cache: {cache.nbytes / 1e6:.1f} MB (float16, computed in {precision}; {s.cache_views} "
         f"views per training image; pooled features{cuts}), built once in {cache.build_seconds:.1f} s on "
         f"{device}; shared through Ray's object store"
     )

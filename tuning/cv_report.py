@@ -15,6 +15,7 @@ from modules.files import atomic_write_json, atomic_write_text, csv_text
 from modules.statistics import BINARY_SCORES, MULTI_SCORES, N_BOOT, classification_metrics, group_bootstrap
 from tuning.backbone import cache_summary
 from tuning.cv_text import cv_markdown
+from tuning.html_report import write_html_report
 from tuning.plots import plot_confusion, plot_roc, plot_roc_ovr
 from tuning.provenance import versions
 from tuning.settings import SearchSettings
@@ -188,3 +189,4 @@ def write_cv_outputs(report: dict, folds: list[dict], run_dir: Path) -> None:
         plot_roc_ovr(probs, y, classes, run_dir / "roc.png", title=title)
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", cv_markdown(report))
+    write_html_report(run_dir)

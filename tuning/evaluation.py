@@ -27,6 +27,7 @@ from modules.sources import display_path
 from modules.statistics import N_BOOT, classification_metrics, group_bootstrap
 from tuning.copies import exclude_copies
 from tuning.formatting import summary_lines
+from tuning.html_report import run_markdown, write_html_report
 from tuning.plots import plot_confusion, plot_roc, plot_roc_ovr
 from tuning.provenance import versions
 
@@ -96,6 +97,8 @@ def run_evaluation(
         },
     }
     atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", run_markdown(report))
+    write_html_report(out)
     return report
 
 

@@ -48,6 +48,17 @@ def metric_rows(m: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def metrics_markdown(m: dict) -> list[str]:
+    """The Markdown table of a test result: accuracy (n), the majority baseline, then ``metric_rows``."""
+    return [
+        "| metric | value (95% CI) |",
+        "|---|---|",
+        f"| accuracy | {fmt_ci(m['accuracy'], m['accuracy_ci95'])} (n={m['n']}) |",
+        f"| majority baseline | {100 * m['majority_baseline']:.1f}% |",
+        *[f"| {name} | {value} |" for name, value in metric_rows(m)],
+    ]
+
+
 def summary_lines(m: dict) -> list[str]:
     """A short human summary of a ``binary_metrics`` or ``classification_metrics`` dict."""
     return [

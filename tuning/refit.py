@@ -14,6 +14,7 @@ from modules.statistics import classification_metrics
 from tuning.backbone import cache_summary
 from tuning.cli import warn
 from tuning.config import TrainConfig
+from tuning.html_report import write_html_report
 from tuning.plots import plot_confusion, plot_roc, plot_roc_ovr, plot_trial_curves
 from tuning.search_report import render_markdown, search_block, summary_table, write_trials_csv
 from tuning.settings import SearchSettings
@@ -76,6 +77,7 @@ def _write_report(report: dict, trials: list[dict], curves: Path, run_dir: Path)
     report["artifacts"]["trials"] = "trials.csv"
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", render_markdown(report, trials))
+    write_html_report(run_dir)
     print(summary_table(report, run_dir))
 
 

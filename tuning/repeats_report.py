@@ -11,6 +11,7 @@ from pathlib import Path
 from modules.files import atomic_write_json, atomic_write_text
 from modules.statistics import BINARY_SCORES, MULTI_SCORES
 from tuning.formatting import METRIC_ROWS, fmt_ci, fmt_mean_sd, fmt_metric
+from tuning.html_report import write_html_report
 from tuning.provenance import versions
 from tuning.settings import SearchSettings
 
@@ -88,5 +89,6 @@ def write_repeats_report(s: SearchSettings, reports: list[dict]) -> dict:
     run_dir = Path(s.run_dir)
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", repeats_markdown(report))
+    write_html_report(run_dir)
     print("\n" + repeats_markdown(report).split("\n\n", 3)[-1])
     return report

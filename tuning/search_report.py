@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 from modules.files import atomic_write_text
-from tuning.formatting import fmt_ci, fmt_config, is_binary, metric_rows
+from tuning.formatting import fmt_ci, fmt_config, is_binary, metric_rows, metrics_markdown
 from tuning.settings import SearchSettings
 
 
@@ -68,6 +68,7 @@ def summary_table(report: dict, run_dir: Path) -> str:
                 **report["search"]["trials"]
             ),
         ),
+        ("report", f"{run_dir}/report.html (open it in a browser)"),
         ("files", f"{run_dir}/ (report.json, report.md, trials.csv, split.csv, model.pt, plots)"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -94,11 +95,7 @@ def _test_markdown(report: dict, m: dict | None) -> list[str]:
         "## Test result (refit of the best config, test split used once)",
         "",
         *_ensemble_lines(report),
-        "| metric | value (95% CI) |",
-        "|---|---|",
-        f"| accuracy | {fmt_ci(m['accuracy'], m['accuracy_ci95'])} (n={m['n']}) |",
-        f"| majority baseline | {100 * m['majority_baseline']:.1f}% |",
-        *[f"| {name} | {value} |" for name, value in metric_rows(m)],
+        *metrics_markdown(m),
         *_f1_row(m),
         "",
         _confusion_line(m),

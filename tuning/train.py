@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
+from modules.files import atomic_write_text
 from tuning.cli import output_folder, run_main, warn
 from tuning.config import TrainConfig
 from tuning.data_options import DataOptions
 from tuning.flags import add_flags, values_of
 from tuning.formatting import summary_lines
+from tuning.html_report import run_markdown, write_html_report
 from tuning.training import run_training
 
 
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     data = opts.prepared(warn=warn)
     command = "python -m tuning.train " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = run_training(cfg, data, out, command=command, progress=not args.no_progress)
+    atomic_write_text(Path(out) / "report.md", run_markdown(report))
+    write_html_report(out)
     print(
         f"\n{cfg.model}: best epoch {report['best_epoch'] + 1} of {report['epochs_trained']}"
         f" by {cfg.monitor}; data: {report['data']['source']}"
@@ -52,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\n".join(summary_lines(report["metrics"]["test"])))
     print(
-        f"written: {out}/report.json, model.pt, metrics.csv, loss_curves.png, confusion_matrix.png, roc.png"
+        f"written: {out}/report.html (open it in a browser), report.json, report.md, model.pt, metrics.csv, "
+        "loss_curves.png, confusion_matrix.png, roc.png"
     )
     return 0
 
