@@ -135,7 +135,9 @@ def _check_is_image(ds) -> None:
     if not any(k in ds for k in PIXEL_KEYWORDS):
         uid = ds.get("SOPClassUID")
         kind = f" ({uid.name})" if uid is not None and uid.name != str(uid) else ""
-        raise UnreadableImage(f"DICOM without pixel data{kind}; expected a DICOM image")
+        raise UnreadableImage(
+            f"DICOM without pixel data{kind}; expected a DICOM image (a truncated file also ends before them)"
+        )
     if "Rows" not in ds or "Columns" not in ds:
         raise UnreadableImage("DICOM pixel data without Rows and Columns; expected an image's size")
 

@@ -125,7 +125,7 @@ def decode_nifti(data: bytes, choice: SliceChoice | None = None) -> Scan:
 
     cls = nib.Nifti1Image if kind == "NIfTI-1" else nib.Nifti2Image
     try:
-        img = cls.from_bytes(raw)
+        img = _quietly(cls.from_bytes, raw)
         shape = tuple(int(n) for n in img.shape)
         stored = img.get_data_dtype().name
     except Exception as exc:
@@ -137,6 +137,18 @@ def decode_nifti(data: bytes, choice: SliceChoice | None = None) -> Scan:
         )
     volume, to_file, zooms = _canonical(img, shape, _load(img, shape))
     return _slices(volume, to_file, zooms, choice, data=data, kind=kind, stored=stored)
+
+
+def _quietly(read, raw: bytes):
+    """``read(raw)`` with nibabel's header checks kept off the console (they log each fix-up; what fails comes
+    back as the skip reason)."""
+    from nibabel.imageglobals import logger
+
+    was, logger.disabled = logger.disabled, True
+    try:
+        return read(raw)
+    finally:
+        logger.disabled = was
 
 
 def _said(exc: Exception) -> str:

@@ -12,6 +12,7 @@ the arguments, and the file meta names this generator, so that the same argument
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pathlib
 
@@ -29,9 +30,10 @@ def patient_id(name: str, patient: int) -> str:
 
 
 def _uid(*parts) -> str:
-    from pydicom.uid import generate_uid
-
-    return generate_uid(prefix=None, entropy_srcs=["mri-tune phantom", *map(str, parts)])
+    """A UID derived from ``parts``: ``2.25.`` and 128 bits of their sha256 as a decimal (the form of
+    ISO/IEC 9834-8; pydicom's ``generate_uid`` draws a random one under that root)."""
+    digest = hashlib.sha256("\x1f".join(["mri-tune phantom", *map(str, parts)]).encode()).digest()
+    return "2.25." + str(int.from_bytes(digest[:16], "big"))
 
 
 def _dataset(img: np.ndarray, *, name: str, patient: int, slice_index: int, seed: int):
