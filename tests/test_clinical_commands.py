@@ -131,3 +131,20 @@ def test_a_searchs_feature_cache_is_built_from_dicom_images(dicom_set, tmp_path)
     assert list(cache.splits) == data.splits
     # the default refit trains on train + val: those images have training views, the test images none
     assert [i >= 0 for i in cache.train_index] == [sp != "test" for sp in data.splits]
+
+
+@pytest.mark.slow
+def test_a_search_on_dicom_series_refits_and_keeps_patients_whole(ray_local, dicom_set, tmp_path):
+    from tuning import search
+
+    run = tmp_path / "search"
+    args = [
+        "--space", "resnet_stage2", "--data", str(dicom_set), "--weights", "none", "--num-samples", "2",
+        "--max-epochs", "4", "--grace-period", "4", "--slices", "middle", "--out", str(run), *TINY_SEARCH,
+    ]  # fmt: skip
+    assert run_main(search.main, args) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["data"]["subjects"]["kinds"] == {"patient": 16, "volume": 2}
+    assert report["data"]["subjects"]["across_splits"] == 0 and report["search"]["cache"]["enabled"]
+    assert json.loads((run / "search.json").read_text())["slices"] == "middle"
+    assert "patient:" in (run / "split.csv").read_text()
