@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 from pathlib import Path
 
@@ -96,3 +97,18 @@ def nifti_bytes(volume: np.ndarray, affine: np.ndarray | None = None, *, version
 
     cls = nib.Nifti1Image if version == 1 else nib.Nifti2Image
     return cls(volume, np.eye(4) if affine is None else affine).to_bytes()
+
+
+def dicom_phantom_with_volumes(
+    root: Path, *, n_per_class: int, size: int, volumes_per_class: int, volume_shape: tuple, seed: int = 0
+) -> Path:
+    """The phantom as DICOM series of 3 slices per patient (``modules.phantom``), and in each class folder
+    ``volumes_per_class`` NIfTI volumes ``vol-<class><v>.nii.gz`` of ``head_volume``."""
+    from modules.phantom import make_phantom
+
+    make_phantom(root, n_per_class=n_per_class, size=size, format="dicom", slices_per_patient=3)
+    for ci, label in enumerate(("no", "yes")):
+        for v in range(volumes_per_class):
+            volume = head_volume(volume_shape, seed=seed + 10 * ci + v)
+            (root / label / f"vol-{label}{v}.nii.gz").write_bytes(gzip.compress(nifti_bytes(volume)))
+    return root

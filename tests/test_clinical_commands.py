@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modules.phantom import make_phantom
 from modules.phantom_render import render_example
-from tests.clinical_files import dicom_bytes, head_volume, nifti_bytes
+from tests.clinical_files import dicom_bytes, dicom_phantom_with_volumes, head_volume, nifti_bytes
 from tests.helpers import TINY_SEARCH, search_settings
 from tuning import predict as predict_cli
 from tuning import train as train_cli
@@ -28,17 +27,8 @@ TINY_TRAIN = [
 @pytest.fixture(scope="module")
 def dicom_set(tmp_path_factory) -> Path:
     """The phantom as DICOM: 8 patients of 3 slices per class, and one NIfTI volume per class."""
-    root = make_phantom(
-        tmp_path_factory.mktemp("dicom") / "set",
-        n_per_class=24,
-        size=64,
-        format="dicom",
-        slices_per_patient=3,
-    )
-    for ci, label in enumerate(("no", "yes")):
-        (root / label / f"vol-{label}.nii.gz").write_bytes(
-            nifti_bytes(head_volume((64, 64, 12), seed=40 + ci))
-        )
+    root = tmp_path_factory.mktemp("dicom") / "set"
+    dicom_phantom_with_volumes(root, n_per_class=24, size=64, volumes_per_class=1, volume_shape=(64, 64, 12))
     return root
 
 
@@ -73,9 +63,9 @@ def test_train_keeps_every_patient_in_one_split_and_reports_them(trained):
     for r in rows:
         splits_of.setdefault(r["subject"], set()).add(r["split"])
     assert len(splits_of) == 18 and all(len(v) == 1 for v in splits_of.values())
-    assert {r["path"] for r in rows if r["subject"] == "volume:yes/vol-yes.nii.gz"} == {
-        "yes/vol-yes.nii.gz#axial-005",
-        "yes/vol-yes.nii.gz#axial-006",
+    assert {r["path"] for r in rows if r["subject"] == "volume:yes/vol-yes0.nii.gz"} == {
+        "yes/vol-yes0.nii.gz#axial-005",
+        "yes/vol-yes0.nii.gz#axial-006",
     }
 
 
@@ -91,6 +81,24 @@ def test_evaluate_scores_a_dicom_set_with_intervals_over_its_patients(trained, d
     assert test["n"] == len(rows) and report["data"]["subjects"] == len(patients)
     assert test["groups"] == len(patients) < test["n"]  # resampled by patient, not by slice
     assert "groups (copies, patients, volumes)" in test["interval_method"]
+
+
+def test_evaluate_takes_the_groups_and_slices_of_the_command_line(trained, dicom_set, tmp_path, capsys):
+    from tuning import evaluate as evaluate_cli
+
+    target = tmp_path / "two_volumes"
+    for label in ("no", "yes"):
+        (target / label).mkdir(parents=True)
+        shutil.copyfile(dicom_set / label / f"vol-{label}0.nii.gz", target / label / "v.nii.gz")
+    groups = tmp_path / "groups.csv"
+    groups.write_text("path,group\nno/v.nii.gz,same-patient\nyes/v.nii.gz,same-patient\n")
+    base = ["--checkpoint", str(trained / "model.pt"), "--data", str(target)]
+    args = [*base, "--slices", "middle:3", "--groups", str(groups), "--out", str(tmp_path / "eval")]
+    assert run_main(evaluate_cli.main, args) == 0
+    test = json.loads((tmp_path / "eval" / "report.json").read_text())["metrics"]["test"]
+    assert test["n"] == 6 and test["groups"] == 1  # both volumes one patient: one group to resample
+    assert run_main(evaluate_cli.main, [*base, "--slices", "half", "--out", str(tmp_path / "bad")]) == 2
+    assert "error: --slices 'half'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_predict_labels_every_frame_and_slice_by_name(trained, tmp_path, capsys):

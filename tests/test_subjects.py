@@ -13,10 +13,9 @@ from modules.dataset import prepare_data
 from modules.dicom import pseudonym
 from modules.duplicates import group_duplicates
 from modules.nifti import SliceChoice
-from modules.phantom import make_phantom
 from modules.phantom_render import render_example
 from modules.sources import DatasetError
-from tests.clinical_files import dicom_bytes, head_volume, nifti_bytes
+from tests.clinical_files import dicom_bytes, dicom_phantom_with_volumes, head_volume, nifti_bytes
 from tests.helpers import scan, write_image
 from tuning import data as data_cli
 from tuning.cli import run_main
@@ -28,18 +27,11 @@ MIDDLE_3 = SliceChoice("axial", "middle:3")
 def mixed_set(tmp_path_factory) -> Path:
     """Per class: 6 phantom DICOM patients of 3 slices (files without extension), 6 PNG pictures, 2 NIfTI volumes
     (3 middle slices each): 30 images."""
-    root = make_phantom(
-        tmp_path_factory.mktemp("mixed") / "set",
-        n_per_class=18,
-        size=48,
-        format="dicom",
-        slices_per_patient=3,
-    )
+    root = tmp_path_factory.mktemp("mixed") / "set"
+    dicom_phantom_with_volumes(root, n_per_class=18, size=48, volumes_per_class=2, volume_shape=(40, 48, 20))
     for ci, label in enumerate(("no", "yes")):
         for i in range(6):
             write_image(root / label / f"picture_{i}.png", scan(300 + 10 * ci + i, mass=label == "yes"))
-        for v in range(2):
-            (root / label / f"sub-{label}{v}.nii.gz").write_bytes(nifti_bytes(head_volume(seed=20 * ci + v)))
     return root
 
 
@@ -76,7 +68,7 @@ def test_split_csv_names_each_images_subject_and_never_the_patient_id(mixed_set)
     rows = list(csv.DictReader(io.StringIO(text)))
     by_path = {r["path"]: r for r in rows}
     assert by_path["yes/PHANTOM-YES-002/IM0003"]["subject"] == f"patient:{pseudonym('PHANTOM-YES-002')}"
-    assert by_path["no/sub-no1.nii.gz#axial-010"]["subject"] == "volume:no/sub-no1.nii.gz"
+    assert by_path["no/vol-no1.nii.gz#axial-010"]["subject"] == "volume:no/vol-no1.nii.gz"
     assert by_path["no/picture_0.png"]["subject"] == ""
     assert "PHANTOM-YES-002," not in text and ",patient:PHANTOM" not in text  # a pseudonym, not the ID
 
