@@ -61,6 +61,24 @@ def test_an_unusable_window_falls_back_to_the_percentile_window():
     assert scan.intensity.startswith("percentile window (the file's window is unusable")
 
 
+def test_a_voi_lut_maps_through_its_entries_to_the_range_they_span():
+    import io
+
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(quadrants(0, 100, 200, 300))))
+    lut = Dataset()
+    lut.add_new(0x00283002, "US", [400, 0, 16])  # LUT Descriptor: 400 entries from input 0, 16 bits
+    lut.add_new(0x00283006, "US", [10 * i for i in range(400)])  # LUT Data: input i -> 10 i, up to 3990
+    ds.VOILUTSequence = [lut]
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    scan = decode_scan(buf.getvalue())
+    # 0, 100, 200, 300 -> 0, 1000, 2000, 3000 of 0..3990 -> 0, 63.9, 127.8, 191.7 of 255
+    assert scan.intensity == "DICOM VOI LUT" and corners(scan.images[0].pixels) == [0, 64, 128, 192]
+
+
 def test_pydicoms_mr_image_matches_the_window_formula_on_its_stored_values():
     import pydicom
 
