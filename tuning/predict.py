@@ -1,15 +1,16 @@
 """``python -m tuning.predict --checkpoint CKPT IMAGE_OR_FOLDER...``: label new scans, with a heat map of the
 evidence.
 
-For each image (folders are walked recursively; symlinks leaving a given folder are refused; a DICOM file gives
-one image per frame, a NIfTI volume its ``--slices``, each named ``FILE#frame-001`` or ``FILE#axial-045``) it prints and
-writes to ``--out``/``predictions.csv`` the probability of every class (``prob_<class>``) and the label: for a
-two-class model the positive class (a tumour) where its probability (``probability``) reaches ``--threshold``,
-for a model of more classes the most probable class. It writes ``heatmaps/<n>-<name>.png``: the Grad-CAM map
-over the scan, at the scan's own size, of the class named in ``heatmap_class``: the positive class of a
-two-class model (where the evidence for a tumour lies), the predicted class of a model of more classes. Images are decoded exactly as
-the training data were (content-based format, explicit grayscale). Files that cannot be read are listed with
-the reason, in the table and in the CSV, and the others are still labelled.
+For each image (folders are walked recursively; symlinks leaving a given folder are refused; a DICOM file
+gives one image per frame and a NIfTI volume its ``--slices``, named ``FILE#frame-001``, ``FILE#axial-045``)
+it prints and writes to ``--out``/``predictions.csv`` the probability of every class (``prob_<class>``) and the
+label: for a two-class model the positive class (a tumour) where its probability (``probability``) reaches
+``--threshold``, for a model of more classes the most probable class. It writes ``heatmaps/<n>-<name>.png``:
+the Grad-CAM map over the scan, at the scan's own size, of the class named in ``heatmap_class``: the positive
+class of a two-class model (where the evidence for a tumour lies), the predicted class of a model of more
+classes. Images are decoded exactly as the training data were (content-based format, explicit grayscale, the
+same DICOM windows and NIfTI orientation). Files that cannot be read are listed with the reason, in the table
+and in the CSV, and the others are still labelled.
 """
 
 from __future__ import annotations
