@@ -1,4 +1,5 @@
-"""From a path to a duplicate-aware grouped, audited split: ingest, duplicate groups, grouped split, manifest and summary."""
+"""From a path to a duplicate-aware grouped, audited split: ingest, subjects (patients, volumes, a user's groups)
+merged with duplicate groups, grouped split, manifest and summary."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import csv
 import dataclasses
 import io
 import os
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from modules.data_summary import data_info, data_summary
 from modules.demo_data import demo_data_dir
 from modules.duplicates import DEFAULT_THRESHOLD, DuplicateGroups, group_duplicates
+from modules.groups_file import read_groups_file
 from modules.ingest import ImageSet, load_image_set
 from modules.must_link import read_must_link
+from modules.nifti import SliceChoice
 from modules.positive_class import resolve_positive
 from modules.sources import display_path
 from modules.split import (
@@ -23,10 +26,8 @@ from modules.split import (
     file_groups,
     grouped_folds,
     grouped_split,
-    groups_across_splits,
-    majority_baselines,
-    split_counts,
 )
+from modules.subjects import path_index, subject_links, subjects_of
 
 SPLIT_MODES = ("grouped", "random")
 
@@ -46,7 +47,7 @@ class TrialData:
 
 @dataclass
 class PreparedData:
-    """A decoded image set with its duplicate groups and its train/val/test assignment."""
+    """A decoded image set with its groups (copies and subjects merged) and its train/val/test assignment."""
 
     images: ImageSet
     dups: DuplicateGroups
@@ -59,6 +60,7 @@ class PreparedData:
         "grouped"  # "grouped" (duplicate-aware) or "random" (by file, ignoring duplicates: leaky)
     )
     fold: dict | None = None  # for one fold of a cross-validation: {"k": ..., "index": ..., "seed": ...}
+    subjects: list[str] = field(default_factory=list)  # each image's subject ("" for none), modules.subjects
 
     @property
     def positive_class(self) -> str | None:
@@ -76,7 +78,7 @@ class PreparedData:
         return self.split_mode == "random"
 
     def split_groups(self) -> list[str]:
-        """The groups the split keeps together: duplicate groups, or single files for ``--split random``."""
+        """The groups the split keeps together: copies and subjects, or single files for ``--split random``."""
         return file_groups(len(self.groups)) if self.leaky else self.groups
 
     def trial_data(self, *, exclude_test: bool = False) -> TrialData:
@@ -109,7 +111,7 @@ class PreparedData:
     def cv_folds(self, k: int) -> list[PreparedData]:
         """K copies of this data set, fold ``f`` held out as "test" and the rest split into train/val.
 
-        Folds are stratified and grouped (duplicate groups, or single files for ``--split random``) with this
+        Folds are stratified and grouped (copies and subjects, or single files for ``--split random``) with this
         data's seed; each fold's train/val split uses seed ``seed + 1 + f`` with the train:val ratio of
         ``fractions``. Every image is in the test split of exactly one fold."""
         groups = self.split_groups()
@@ -136,33 +138,33 @@ class PreparedData:
                     f"distinct images per class for {k} folds (use fewer folds)"
                 )
             fold = {"k": k, "index": f, "seed": self.seed, "inner_seed": self.seed + 1 + f}
-            out.append(
-                PreparedData(
-                    self.images,
-                    self.dups,
-                    splits,
-                    self.seed,
-                    self.fractions,
-                    self.synthetic,
-                    positive=self.positive,
-                    split_mode=self.split_mode,
-                    fold=fold,
-                )
-            )
+            out.append(dataclasses.replace(self, splits=splits, fold=fold))
         return out
 
+    def subject_of(self, i: int) -> str:
+        """Image ``i``'s subject ("" for none)."""
+        return self.subjects[i] if self.subjects else ""
+
     def split_rows(self) -> list[dict[str, str]]:
-        """The manifest: one row per image (path, sha256, label, group, split), sorted by path."""
+        """The manifest: one row per image (path, sha256, label, group, subject, split), sorted by path. ``group``
+        is what the split keeps together (copies and subjects merged); ``subject`` whom the image belongs to."""
         rows = [
-            {"path": display_path(r.path), "sha256": r.sha256, "label": r.label, "group": g, "split": s}
-            for r, g, s in zip(self.images.records, self.groups, self.splits, strict=True)
+            {
+                "path": display_path(r.path),
+                "sha256": r.sha256,
+                "label": r.label,
+                "group": g,
+                "subject": self.subject_of(i),
+                "split": s,
+            }
+            for i, (r, g, s) in enumerate(zip(self.images.records, self.groups, self.splits, strict=True))
         ]
         return sorted(rows, key=lambda row: row["path"])
 
     def split_csv(self) -> str:
         buf = io.StringIO()
         writer = csv.DictWriter(
-            buf, fieldnames=["path", "sha256", "label", "group", "split"], lineterminator="\n"
+            buf, fieldnames=["path", "sha256", "label", "group", "subject", "split"], lineterminator="\n"
         )
         writer.writeheader()
         writer.writerows(self.split_rows())
@@ -170,54 +172,11 @@ class PreparedData:
 
     def data_info(self) -> dict:
         """The ``data`` block of every report."""
-        return {
-            "source": self.images.source,
-            "fingerprint": self.images.fingerprint,
-            "synthetic": self.synthetic,
-            "files": len(self.images.records),
-            "classes": self.images.class_counts(),
-            "positive_class": self.positive_class,
-            "skipped": len(self.images.skipped),
-            "split_seed": self.seed,
-            "split_fractions": list(self.fractions),
-            "split_mode": self.split_mode,
-            "leaky": self.leaky,
-            "groups_across_splits": groups_across_splits(self.groups, self.splits),
-            **({"fold": self.fold} if self.fold else {}),
-        }
+        return data_info(self)
 
     def summary(self) -> dict:
-        """What ``python -m tuning.data --json`` prints (keys of DESIGN.md plus formats and modes)."""
-        recs = self.images.records
-        classes = self.images.classes
-        labels = self.images.labels
-        return {
-            "source": self.images.source,
-            "synthetic": self.synthetic,
-            "fingerprint": self.images.fingerprint,
-            "files": len(recs),
-            "classes": self.images.class_counts(),
-            "positive_class": self.positive_class,
-            "formats": dict(sorted(Counter(r.format for r in recs).items())),
-            "modes": dict(sorted(Counter(r.mode for r in recs).items())),
-            "skipped": [{"path": display_path(s.path), "reason": s.reason} for s in self.images.skipped],
-            "ignored_outside_class_folders": [display_path(p) for p in self.images.ignored],
-            "exact_duplicate_groups": len(self.dups.exact_groups),
-            "exact_duplicate_files": sum(len(g) for g in self.dups.exact_groups),
-            "duplicate_clusters": len(self.dups.clusters),
-            "duplicate_cluster_files": sum(len(c) for c in self.dups.clusters),
-            "clusters": [sorted(display_path(recs[i].path) for i in c) for c in self.dups.clusters],
-            "mixed_label_clusters": [
-                sorted(display_path(recs[i].path) for i in c) for c in self.dups.mixed_label_clusters
-            ],
-            "groups": len(set(self.groups)),
-            "groups_across_splits": groups_across_splits(self.groups, self.splits),
-            "split_seed": self.seed,
-            "split_fractions": list(self.fractions),
-            "split_mode": self.split_mode,
-            "split": split_counts(labels, self.splits, classes),
-            "majority_baseline": majority_baselines(labels, self.splits, classes),
-        }
+        """What ``python -m tuning.data --json`` prints (keys of DESIGN.md plus formats, modes and subjects)."""
+        return data_summary(self)
 
 
 def prepare_data(
@@ -233,24 +192,30 @@ def prepare_data(
     warn: Callable[[str], None] | None = None,
     split: str = "grouped",
     must_link: str | os.PathLike | None = None,
+    groups: str | os.PathLike | None = None,
+    choice: SliceChoice | None = None,
 ) -> PreparedData:
-    """Ingest, group duplicates, split. Raises ``DatasetError`` / ``ValueError`` with a clear message.
+    """Ingest, group subjects and duplicates, split. Raises ``DatasetError`` / ``ValueError`` with a clear message.
 
     ``classes`` None: one class per folder (see ``load_image_set``). ``positive_class``: see
-    ``resolve_positive``. ``split``: "grouped" keeps every duplicate group inside one split; "random" splits
-    file by file and lets duplicates straddle train and test (LEAKY: only to measure how much duplicates
-    inflate a result). ``must_link``: a CSV of image sets that share a group (``modules.must_link``)."""
+    ``resolve_positive``. ``split``: "grouped" keeps every group (copies, subjects) inside one split; "random"
+    splits file by file and lets duplicates straddle train and test (LEAKY: only to measure how much duplicates
+    inflate a result). ``must_link``: a CSV of image sets that share a group (``modules.must_link``);
+    ``groups``: a CSV of each image's group (``modules.groups_file``); ``choice``: the slices of NIfTI volumes."""
     if split not in SPLIT_MODES:
         raise ValueError(f"unknown split mode {split!r}; expected one of {', '.join(SPLIT_MODES)}")
-    images = load_image_set(path, classes=classes, strict=strict, warn=warn)
+    images = load_image_set(path, classes=classes, strict=strict, warn=warn, choice=choice)
     positive = resolve_positive(images.classes, positive_class, source=images.source)
-    links = read_must_link(must_link, [r.path for r in images.records]) if must_link is not None else []
+    index = path_index(images.records)
+    links = read_must_link(must_link, index) if must_link is not None else []
+    subjects = subjects_of(images.records, read_groups_file(groups, images, warn=warn) if groups else None)
     dups = group_duplicates(
         [r.sha256 for r in images.records],
         [r.pixels for r in images.records],
         images.labels,
         threshold=threshold,
         links=links,
+        together=subject_links(subjects),
     )
     if dups.mixed_label_clusters and warn is not None:
         for c in dups.mixed_label_clusters:
@@ -258,17 +223,39 @@ def prepare_data(
                 f"{display_path(images.records[i].path)} ({images.records[i].label})" for i in c
             )
             warn(f"duplicate cluster with conflicting labels (kept together in one split): {shown}")
-    groups = file_groups(len(dups.group)) if split == "random" else dups.group
-    splits = grouped_split(images.labels, groups, fractions=fractions, seed=seed)
+    split_groups = file_groups(len(dups.group)) if split == "random" else dups.group
+    splits = grouped_split(images.labels, split_groups, fractions=fractions, seed=seed)
     empty = [s for s in SPLITS if s not in splits]
     if empty:
         raise ValueError(
-            f"{path}: too few distinct images ({len(set(dups.group))} groups) to fill the {', '.join(empty)} "
-            f"split(s); expected enough images per class for {fractions}"
+            f"{path}: too few distinct images ({len(set(dups.group))} groups{_of_subjects(subjects)}) to fill "
+            f"the {', '.join(empty)} split(s); expected enough images per class for {fractions}"
         )
     return PreparedData(
-        images, dups, splits, seed, tuple(fractions), synthetic, positive=positive, split_mode=split
+        images,
+        dups,
+        splits,
+        seed,
+        tuple(fractions),
+        synthetic,
+        positive=positive,
+        split_mode=split,
+        subjects=subjects,
     )
+
+
+def _of_subjects(subjects: list[str]) -> str:
+    """A note for the too-few-groups error when subjects (patients, volumes) made the groups few."""
+    named = {s for s in subjects if s}
+    if not named:
+        return ""
+    note = f", {len(named)} subject(s): patients, volumes or --groups groups"
+    if len(named) == 1 and all(subjects):
+        note += (
+            "; every image has the same subject (a PatientID blanked to one value?), give the real "
+            "groups with --groups FILE.csv"
+        )
+    return note
 
 
 def resolve_data(path: str | os.PathLike | None, **kwargs) -> PreparedData:

@@ -2,15 +2,15 @@
 
 The format is decided from the file's content, never its extension; every image mode is converted explicitly
 to grayscale (``L``); a file that is not one usable slice (zero bytes, truncated, not an image, absurd
-dimensions, several frames) raises ``UnreadableImage`` with the reason, or, through ``read_image``, comes back
-as that reason.
+dimensions, several frames) raises ``UnreadableImage`` with the reason. ``Scan`` is what every decoder returns
+(this one for pictures, ``modules.dicom`` and ``modules.nifti`` for the clinical formats); ``modules.scans``
+picks the decoder by content.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +20,8 @@ IMAGE_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP", "MPO"})
 MIN_SIDE = 16  # px: anything smaller is not a scan
 MAX_PIXELS = 40_000_000  # width * height, checked from the header before any pixel is decoded
 KEEP_MAX_SIDE = 1024  # px: larger images are downscaled once, in memory, to bound the cache
+NOT_AN_IMAGE = "not an image (content is not a known image format)"
+MAX_VOXELS = 64 * 1024**2  # values of a multi-image file (frames x rows x columns), checked before decoding
 
 
 class UnreadableImage(Exception):
@@ -49,6 +51,19 @@ def to_gray(img: Image.Image) -> np.ndarray:
     raise UnreadableImage(f"unsupported image mode {mode!r}")
 
 
+def check_size(width: int, height: int, images: int = 1) -> None:
+    """Refuse (``UnreadableImage``) images that are too large or too small to be scans, from the sizes a header
+    declares, before any pixel is decoded; ``images``: how many of that size the file holds."""
+    if width * height > MAX_PIXELS:
+        raise UnreadableImage(f"absurd dimensions {width}x{height} (more than {MAX_PIXELS:,} pixels)")
+    if min(width, height) < MIN_SIDE:
+        raise UnreadableImage(f"image too small: {width}x{height} (expected at least {MIN_SIDE} px a side)")
+    if images * width * height > MAX_VOXELS:
+        raise UnreadableImage(
+            f"{images} images of {width}x{height} (more than {MAX_VOXELS:,} values in one file)"
+        )
+
+
 def decode_image(data: bytes) -> tuple[np.ndarray, str, str, int, int]:
     """Decode bytes to (pixels, format, mode, width, height) or raise ``UnreadableImage`` with the reason."""
     if not data:
@@ -62,17 +77,12 @@ def decode_image(data: bytes) -> tuple[np.ndarray, str, str, int, int]:
         except Image.DecompressionBombWarning:
             raise UnreadableImage("image dimensions too large (decompression bomb)") from None
         except Exception:
-            raise UnreadableImage("not an image (content is not a known image format)") from None
+            raise UnreadableImage(NOT_AN_IMAGE) from None
         fmt = img.format or "unknown"
         if fmt not in IMAGE_FORMATS:
             raise UnreadableImage(f"unsupported image format {fmt}")
         width, height = img.size
-        if width * height > MAX_PIXELS:
-            raise UnreadableImage(f"absurd dimensions {width}x{height} (more than {MAX_PIXELS:,} pixels)")
-        if min(width, height) < MIN_SIDE:
-            raise UnreadableImage(
-                f"image too small: {width}x{height} (expected at least {MIN_SIDE} px a side)"
-            )
+        check_size(width, height)
         frames = getattr(img, "n_frames", 1)
         if frames > 1:
             raise UnreadableImage(f"{frames} frames (animated or multi-page); expected a single slice")
@@ -97,35 +107,32 @@ def shrink(pixels: np.ndarray, max_side: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class DecodedImage:
-    """A file read and decoded by ``read_image``: its bytes and what ``decode_image`` returns."""
+class ScanImage:
+    """One 2-D image of a file: its name inside the file ("" when the file is that one image; else e.g.
+    "frame-003" or "axial-045", so that a reader can tell which) and its pixels."""
+
+    name: str
+    pixels: np.ndarray = field(repr=False)  # uint8 (H, W), grayscale
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A file decoded: its bytes, what it is, and the 2-D images it holds (one for a picture, one per frame or
+    chosen slice for DICOM and NIfTI)."""
 
     data: bytes = field(repr=False)
-    pixels: np.ndarray = field(repr=False)  # uint8 (H, W), grayscale, at the file's own size
-    format: str  # from content, e.g. "JPEG"
-    mode: str  # the mode the file was stored in, before conversion to L
-    width: int
+    format: str  # from content: "JPEG", "PNG", ..., "DICOM", "NIfTI-1", "NIfTI-2"
+    mode: str  # how the values were stored: a Pillow mode ("L", "RGB"), a DICOM photometric interpretation
+    width: int  # of one image as stored, before square pixels or downscaling
     height: int
+    images: tuple[ScanImage, ...]
+    subject: str = ""  # whom the file belongs to by its own metadata (a DICOM patient or study), else ""
+    unit: str = ""  # what holds its images together when no subject is known: "volume", "file" or ""
+    intensity: str = "as stored"  # how the grey levels were made (the window, an inversion)
+    blank: int = 0  # images of the file left out because every pixel of them has one value
 
 
-def read_image(
-    read: Callable[[], bytes] | None, problem: str | None = None
-) -> tuple[DecodedImage | None, str]:
-    """Read a file with ``read`` and decode it: (the image, "") or (None, the reason it cannot be used).
-
-    ``problem``: the reason a file was refused before reading (``read`` is then not called). A file that
-    cannot be read (permission denied, an I/O error) comes back with its reason too, so that one bad file
-    never stops the others."""
-    if problem is not None:
-        return None, problem
-    assert read is not None
-    try:
-        data = read()
-        pixels, fmt, mode, width, height = decode_image(data)
-    except UnreadableImage as skip:
-        return None, str(skip)
-    except PermissionError:
-        return None, "permission denied (unreadable file)"
-    except OSError as exc:
-        return None, f"cannot read ({exc.strerror or exc})"
-    return DecodedImage(data, pixels, fmt, mode, width, height), ""
+def picture_scan(data: bytes) -> Scan:
+    """A picture file (JPEG, PNG, ...) as a ``Scan`` of one image; raises ``UnreadableImage`` with the reason."""
+    pixels, fmt, mode, width, height = decode_image(data)
+    return Scan(data, fmt, mode, width, height, (ScanImage("", pixels),))

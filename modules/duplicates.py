@@ -112,10 +112,12 @@ def group_duplicates(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     links: Sequence[Sequence[int]] = (),
+    together: Sequence[Sequence[int]] = (),
 ) -> DuplicateGroups:
     """Group images that are byte copies or near copies of each other (see the module docstring).
     ``links``: sets of image indices that must share a group too (a user's must-link list: copies below the
-    threshold, slices of one patient)."""
+    threshold, slices of one patient); they count as clusters. ``together``: sets that share a group without
+    being copies (the images of one subject, ``modules.subjects``): they join the groups, not the clusters."""
     n = len(hashes)
     if not (len(images) == len(labels) == n):
         raise ValueError(f"hashes, images and labels differ in length: {n}, {len(images)}, {len(labels)}")
@@ -138,14 +140,21 @@ def group_duplicates(
     for linked in links:
         for j in linked[1:]:
             uf.union(linked[0], j)
-    members: dict[int, list[int]] = {}
-    for i in range(n):
-        members.setdefault(uf.find(i), []).append(i)
+    clusters = sorted(v for v in _members(uf, n).values() if len(v) > 1)
+    mixed = [c for c in clusters if len({labels[i] for i in c}) > 1]
+    for linked in together:
+        for j in linked[1:]:
+            uf.union(linked[0], j)
     group = [""] * n
-    for idx in members.values():
+    for idx in _members(uf, n).values():
         gid = "g" + min(hashes[i] for i in idx)[:12]
         for i in idx:
             group[i] = gid
-    clusters = sorted(v for v in members.values() if len(v) > 1)
-    mixed = [c for c in clusters if len({labels[i] for i in c}) > 1]
     return DuplicateGroups(group=group, exact_groups=exact, clusters=clusters, mixed_label_clusters=mixed)
+
+
+def _members(uf: _UnionFind, n: int) -> dict[int, list[int]]:
+    members: dict[int, list[int]] = {}
+    for i in range(n):
+        members.setdefault(uf.find(i), []).append(i)
+    return members

@@ -4,15 +4,18 @@ Duplicate-aware and hostile-input-safe by construction:
 
 * the layout is ``root/<class>/...`` under at most one wrapping folder (``brain_tumor_dataset/yes``); the
   classes are the folders found there (two or more), or a list given by the caller;
-* the format is decided from the file's content, never its extension;
-* every image mode is converted explicitly to 8-bit grayscale (``L``);
+* the format is decided from the file's content, never its extension: pictures (JPEG, PNG, ...), DICOM files
+  (one image per frame) and NIfTI volumes (the chosen slices), mixed in one set;
+* every image mode is converted explicitly to 8-bit grayscale (``L``), clinical values through their window;
+* an image knows its file and, where the file says, its subject (a DICOM patient, a NIfTI volume), so that
+  ``modules.subjects`` can keep a patient on one side of every split;
 * bad files (zero bytes, truncated, not an image, absurd dimensions, several frames) are skipped with a reason,
   or refused with ``strict=True``;
 * nothing outside the dataset root is read: symlinks leaving the root are skipped, archives are read in
   memory (never extracted), and archive entries with ``..`` or absolute paths are refused;
 * each image is decoded once and kept in memory as a ``uint8`` array, so training never decodes again.
 
-The walk is ``modules.sources``, the layout ``modules.class_folders``, the decoding ``modules.decode``.
+The walk is ``modules.sources``, the layout ``modules.class_folders``, the decoding ``modules.scans``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from modules.class_folders import find_class_dirs
-from modules.decode import KEEP_MAX_SIDE, read_image, shrink
+from modules.decode import KEEP_MAX_SIDE, Scan, shrink
+from modules.nifti import SliceChoice
+from modules.scans import read_scan
 from modules.sources import DatasetError, Entry, display_path, folder_entries, is_hidden, zip_entries
 
 
@@ -36,14 +41,22 @@ from modules.sources import DatasetError, Entry, display_path, folder_entries, i
 class ImageRecord:
     """One decoded image. ``pixels`` is a ``uint8`` array of shape (H, W), grayscale."""
 
-    path: str  # relative to the dataset root, POSIX separators, e.g. "yes/Y1.jpg"
+    path: str  # relative to the dataset root, POSIX separators, e.g. "yes/Y1.jpg"; "yes/v.nii.gz#axial-012"
     label: str
-    sha256: str  # of the file's bytes
-    format: str  # from content, e.g. "JPEG"
-    mode: str  # the mode the file was stored in, before conversion to L
-    width: int  # of the file, before any downscaling
+    sha256: str  # of the file's bytes; of "<that>#<name>" for one of several images of a file
+    format: str  # from content, e.g. "JPEG", "DICOM", "NIfTI-1"
+    mode: str  # how the file stored it, before conversion to L (a Pillow mode, a DICOM photometric, a dtype)
+    width: int  # of the file's image, before square pixels or any downscaling
     height: int
     pixels: np.ndarray = field(repr=False, compare=False)
+    file: str = ""  # the file it is one image of, when the file holds several ("": ``path`` is the file)
+    subject: str = ""  # whom it belongs to by its file: "patient:<pseudonym>", "volume:<file>", ... or ""
+    intensity: str = "as stored"  # how its grey levels were made (a DICOM window, a percentile window)
+
+    @property
+    def source_file(self) -> str:
+        """The path of the file this image was read from."""
+        return self.file or self.path
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,8 @@ class ImageSet:
     records: list[ImageRecord]
     skipped: list[Skipped]
     ignored: list[str] = field(default_factory=list)  # files outside the class folders (never read)
+    blank: int = 0  # frames and slices left out of their files: every pixel of them has one value
+    choice: SliceChoice = field(default_factory=SliceChoice)  # the slices taken from NIfTI volumes
 
     @property
     def labels(self) -> list[str]:
@@ -90,6 +105,7 @@ def load_image_set(
     strict: bool = False,
     keep_max_side: int = KEEP_MAX_SIDE,
     warn: Callable[[str], None] | None = None,
+    choice: SliceChoice | None = None,
 ) -> ImageSet:
     """Read and validate an image set from a folder or a .zip.
 
@@ -97,6 +113,7 @@ def load_image_set(
     wrapping folder) is one, named by its folder name in lower case, sorted by name (so the brain-MRI set
     gives ``("no", "yes")``); two or more are required, and hidden folders (``.x``, ``__MACOSX``) are not
     classes. A list of names instead requires exactly those folders (matched ignoring case) and no others.
+    ``choice``: the slices a NIfTI volume gives (default: every axial slice with contrast).
     Bad files are skipped (each reported through ``warn`` with its reason) or, with ``strict``, raise
     ``DatasetError``. An unexpected layout, a missing or empty class, or no images at all raise
     ``DatasetError`` with a message that says what was found and what was expected.
@@ -107,7 +124,8 @@ def load_image_set(
     prefix, spelled = find_class_dirs(entries, dirs, classes, source)
     classes = tuple(spelled)
 
-    records, skipped = _read_class_folders(entries, prefix, spelled, keep_max_side)
+    choice = choice or SliceChoice()
+    records, skipped, blank = _read_class_folders(entries, prefix, spelled, keep_max_side, choice)
     counts = Counter(r.label for r in records)
     class_dirs = {(*prefix, spelled[label]) for label in classes}  # unreadable class folders: reported above
     outside, ignored = _outside_class_folders(entries, prefix, class_dirs)
@@ -127,16 +145,30 @@ def load_image_set(
             f"{source}: no usable images in {', '.join(c + '/' for c in empty)} (found {found}, "
             f"{len(skipped)} skipped); expected at least one image per class"
         )
-    return ImageSet(source=source, classes=classes, records=records, skipped=skipped, ignored=ignored)
+    return ImageSet(
+        source=source,
+        classes=classes,
+        records=records,
+        skipped=skipped,
+        ignored=ignored,
+        blank=blank,
+        choice=choice,
+    )
 
 
 def _read_class_folders(
-    entries: list[Entry], prefix: tuple[str, ...], spelled: dict[str, str], keep_max_side: int
-) -> tuple[list[ImageRecord], list[Skipped]]:
+    entries: list[Entry],
+    prefix: tuple[str, ...],
+    spelled: dict[str, str],
+    keep_max_side: int,
+    choice: SliceChoice,
+) -> tuple[list[ImageRecord], list[Skipped], int]:
     """Decode every file under the class folders (``spelled``: class -> its folder's name under ``prefix``),
-    class by class in order, each folder's files sorted by path: (the images, the files skipped with why)."""
+    class by class in order, each folder's files sorted by path: (the images, the files skipped with why, the
+    blank frames and slices left out)."""
     records: list[ImageRecord] = []
     skipped: list[Skipped] = []
+    blank = 0
     for label, folder in spelled.items():
         base = (*prefix, folder)
         mine = sorted((e for e in entries if e.parts[: len(base)] == base), key=lambda e: e.parts)
@@ -145,29 +177,40 @@ def _read_class_folders(
             if is_hidden(entry.parts[len(base) :]):
                 skipped.append(Skipped(rel, "hidden or system file"))
                 continue
-            record, reason = _decode_entry(entry, rel, label, keep_max_side)
-            if record is None:
+            scan, reason = read_scan(entry.read, entry.problem, choice)
+            if scan is None:
                 skipped.append(Skipped(rel, reason))
             else:
-                records.append(record)
-    return records, skipped
+                records += scan_records(scan, rel, label, keep_max_side)
+                blank += scan.blank
+    return records, skipped, blank
 
 
-def _decode_entry(entry: Entry, rel: str, label: str, keep_max_side: int) -> tuple[ImageRecord | None, str]:
-    image, reason = read_image(entry.read, entry.problem)
-    if image is None:
-        return None, reason
-    record = ImageRecord(
-        path=rel,
-        label=label,
-        sha256=hashlib.sha256(image.data).hexdigest(),
-        format=image.format,
-        mode=image.mode,
-        width=image.width,
-        height=image.height,
-        pixels=shrink(image.pixels, keep_max_side),
-    )
-    return record, ""
+def scan_records(scan: Scan, rel: str, label: str, keep_max_side: int = KEEP_MAX_SIDE) -> list[ImageRecord]:
+    """The records of a decoded file at ``rel``: one per image, named ``rel#<name>`` when the file holds named
+    images (frames, slices). Images of a volume, or of a multi-frame file whose metadata name no patient,
+    share the subject ``<unit>:<rel>``, so that they stay together."""
+    digest = hashlib.sha256(scan.data).hexdigest()
+    subject = scan.subject or (f"{scan.unit}:{rel}" if scan.unit else "")
+    out = []
+    for image in scan.images:
+        named = bool(image.name)
+        out.append(
+            ImageRecord(
+                path=f"{rel}#{image.name}" if named else rel,
+                label=label,
+                sha256=hashlib.sha256(f"{digest}#{image.name}".encode()).hexdigest() if named else digest,
+                format=scan.format,
+                mode=scan.mode,
+                width=scan.width,
+                height=scan.height,
+                pixels=shrink(image.pixels, keep_max_side),
+                file=rel if named else "",
+                subject=subject,
+                intensity=scan.intensity,
+            )
+        )
+    return out
 
 
 def _entries(src: Path, source: str) -> tuple[list[Entry], set[tuple[str, ...]]]:

@@ -1,7 +1,8 @@
 """Write a deterministic synthetic brain-MRI "phantom" set, so the pipeline runs offline with no real data.
 
 ``make_phantom`` writes ``root/<class>/<class>_<i>.png``: the slices of ``modules.phantom_render`` (the first
-class without a mass, every further class with one mass of its own kind), byte-identical on every machine.
+class without a mass, every further class with one mass of its own kind), byte-identical on every machine; or,
+with ``format="dicom"``, the same slices as one DICOM series per synthetic patient (``modules.phantom_dicom``).
 The PNG files are written here with stored (uncompressed) deflate blocks rather than by Pillow, because
 compressed bytes depend on the zlib build (zlib, zlib-ng, vendor forks), and the data fingerprint of a run must
 not. ``python -m modules.phantom OUT`` does the same from the command line.
@@ -18,9 +19,11 @@ import zlib
 
 import numpy as np
 
+from modules.phantom_dicom import expected_files, make_phantom_dicom
 from modules.phantom_render import MASS_KINDS, mass_kind, render_example
 
 CLASSES = ("no", "yes")
+FORMATS = ("png", "dicom")
 MIN_SIZE, MAX_SIZE = 32, 2048
 # Bumped on every change to the images written (tests/test_phantom.py pins their bytes), so that a cached set
 # made by an older generator is never taken for a current one.
@@ -53,9 +56,15 @@ def encode_png(img: np.ndarray) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------------- sets
-def _check_args(root: pathlib.Path, n_per_class: int, size: int, seed: int, classes: tuple[str, ...]) -> None:
-    if not isinstance(n_per_class, int) or isinstance(n_per_class, bool) or n_per_class < 1:
-        raise ValueError(f"n_per_class must be a positive integer, got {n_per_class!r}")
+def _positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_args(
+    root: pathlib.Path, n_per_class: int, size: int, seed: int, classes: tuple[str, ...], layout: tuple
+) -> None:
+    _positive_int("n_per_class", n_per_class)
     if not isinstance(size, int) or isinstance(size, bool) or not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size must be an integer from {MIN_SIZE} to {MAX_SIZE} px, got {size!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -70,10 +79,18 @@ def _check_args(root: pathlib.Path, n_per_class: int, size: int, seed: int, clas
             raise ValueError(f"class name {name!r} is not a plain folder name")
     if len(set(classes)) != len(classes):
         raise ValueError(f"class names must be distinct, got {classes!r}")
-    _check_root(root, n_per_class, classes)
+    _check_root(root, classes, n_per_class, layout)
 
 
-def _check_root(root: pathlib.Path, n_per_class: int, classes: tuple[str, ...]) -> None:
+def _expected(name: str, n_per_class: int, layout: tuple[str, int]) -> set[str]:
+    """The paths under ``<class>/`` that a set of this ``layout`` (format, slices per patient) holds."""
+    format, slices_per_patient = layout
+    if format == "dicom":
+        return expected_files(name, n_per_class, slices_per_patient)
+    return {f"{name}_{i}.png" for i in range(n_per_class)}
+
+
+def _check_root(root: pathlib.Path, classes: tuple[str, ...], n_per_class: int, layout: tuple) -> None:
     """Refuse a root holding anything but this set's own files, so a set never mixes in stale images."""
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} exists and is not a folder")
@@ -83,8 +100,12 @@ def _check_root(root: pathlib.Path, n_per_class: int, classes: tuple[str, ...]) 
     for name in classes:
         folder = root / name
         if folder.is_dir():
-            expected = {f"{name}_{i}.png" for i in range(n_per_class)}
-            extra += [f"{name}/{p.name}" for p in folder.iterdir() if p.name not in expected]
+            mine = _expected(name, n_per_class, layout)
+            extra += [
+                f"{name}/{rel}"
+                for p in folder.rglob("*")
+                if (rel := p.relative_to(folder).as_posix()) not in mine and not p.is_dir()
+            ]
     if extra:
         shown = ", ".join(sorted(extra)[:5]) + (", ..." if len(extra) > 5 else "")
         raise ValueError(
@@ -100,8 +121,12 @@ def make_phantom(
     size: int = 128,
     seed: int = 0,
     classes: tuple[str, ...] = CLASSES,
+    format: str = "png",
+    slices_per_patient: int = 4,
 ) -> pathlib.Path:
-    """Write a deterministic synthetic brain-MRI-like set: root/<class>/<class>_<i>.png, grayscale PNG.
+    """Write a deterministic synthetic brain-MRI-like set: root/<class>/<class>_<i>.png, grayscale PNG; or, with
+    ``format="dicom"``, root/<class>/<patient>/IM0001... (``modules.phantom_dicom``), ``slices_per_patient``
+    images per patient.
 
     The first class has no mass, each further class one mass of kind `MASS_KINDS[k - 1]`; images are
     `size` x `size` px, 8-bit. Same arguments -> byte-identical files on every machine, and image i of a class
@@ -110,7 +135,19 @@ def make_phantom(
     """
     root = pathlib.Path(root)
     classes = tuple(classes)
-    _check_args(root, n_per_class, size, seed, classes)
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    _positive_int("slices_per_patient", slices_per_patient)
+    _check_args(root, n_per_class, size, seed, classes, (format, slices_per_patient))
+    if format == "dicom":
+        return make_phantom_dicom(
+            root,
+            n_per_class=n_per_class,
+            slices_per_patient=slices_per_patient,
+            size=size,
+            seed=seed,
+            classes=classes,
+        )
     for ci, name in enumerate(classes):
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -146,6 +183,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"class folder names, the first without a mass, 2 to {1 + len(MASS_KINDS)} "
         f"(default: {' '.join(CLASSES)})",
     )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="png",
+        help="png: <class>/<class>_<i>.png; dicom: one DICOM series per synthetic patient, "
+        "<class>/<patient>/IM0001... (default: png)",
+    )
+    p.add_argument(
+        "--slices-per-patient",
+        type=int,
+        default=4,
+        metavar="S",
+        help="--format dicom: images per patient; the N images of a class make ceil(N / S) patients (default: 4)",
+    )
     return p
 
 
@@ -159,16 +210,21 @@ def main(argv: list[str] | None = None) -> int:
             size=args.size,
             seed=args.seed,
             classes=tuple(args.classes),
+            format=args.format,
+            slices_per_patient=args.slices_per_patient,
         )
     except ValueError as err:
         parser.error(str(err))
     counts = ", ".join(f"{name}={args.n_per_class}" for name in args.classes)
+    kind = "PNGs" if args.format == "png" else "DICOM images"
     print(
-        f"wrote {args.n_per_class * len(args.classes)} synthetic phantom PNGs (not real MRI), "
+        f"wrote {args.n_per_class * len(args.classes)} synthetic phantom {kind} (not real MRI), "
         f"{args.size}x{args.size} px, seed {args.seed}, to {root}: {counts}"
     )
+    patients = -(-args.n_per_class // args.slices_per_patient)
     for ci, name in enumerate(args.classes):
-        print(f"  {root / name}/  {args.n_per_class} files, mass: {mass_kind(ci) or 'none'}")
+        where = f"{args.n_per_class} files" if args.format == "png" else f"{patients} patients"
+        print(f"  {root / name}/  {where}, mass: {mass_kind(ci) or 'none'}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Stratified, grouped, seeded train/val/test split: a duplicate group never straddles two splits.
+"""Stratified, grouped, seeded train/val/test split: a group (copies of one scan, the images of one patient or
+volume) never straddles two splits.
 
 The result depends only on (labels, groups, fractions, seed), never on file order, paths or the machine:
 groups are visited in an order fixed by their ids and a seeded permutation (NumPy's PCG64).
@@ -78,12 +79,14 @@ def assign_groups(
 
 
 def grouped_folds(labels: Sequence[str], groups: Sequence[str], *, k: int, seed: int = 0) -> list[int]:
-    """Stratified, grouped K-fold: the fold (0..k-1) of each image; a duplicate group stays in one fold."""
+    """Stratified, grouped K-fold: the fold (0..k-1) of each image; a group stays in one fold."""
     if k < 2:
         raise ValueError(f"cross-validation needs k >= 2 folds, got {k}")
     distinct = len(set(groups))
     if distinct < k:
-        raise ValueError(f"{k} folds need at least {k} distinct images (duplicate groups), found {distinct}")
+        raise ValueError(
+            f"{k} folds need at least {k} distinct images (groups of copies and patients), found {distinct}"
+        )
     names = [str(f) for f in range(k)]
     return [int(f) for f in assign_groups(labels, groups, names=names, fractions=[1 / k] * k, seed=seed)]
 

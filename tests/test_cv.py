@@ -135,7 +135,7 @@ def test_cv_search_end_to_end_then_resume_keeps_finished_folds(ray_local, search
     images = load_image_set(search_phantom)
     assert pooled["n"] == len(images.records)
     assert pooled["accuracy_ci95"][0] <= pooled["accuracy"] <= pooled["accuracy_ci95"][1]
-    assert "bootstrap over duplicate groups" in pooled["interval_method"]
+    assert "bootstrap over groups (copies, patients, volumes)" in pooled["interval_method"]
     assert report["search"]["cache"]["trials_on_cache"] == 2  # one trial per fold, both on the cache
     rows = list(csv.DictReader((run / "predictions.csv").open()))
     assert sorted(r["path"] for r in rows) == sorted(r.path for r in images.records)  # each image once

@@ -33,7 +33,7 @@ def test_readable_report_and_split_csv(small_set, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "majority baseline" in text and "groups across splits: 0" in text
     rows = list(csv.DictReader(target.open()))
-    assert [*rows[0]] == ["path", "sha256", "label", "group", "split"]
+    assert [*rows[0]] == ["path", "sha256", "label", "group", "subject", "split"]
     assert len(rows) == 16
 
 

@@ -36,7 +36,9 @@ def test_scores_equal_the_runs_own_test_report(run, test_split, tmp_path):
     # the image-level interval is the run's; the reported one resamples the scored images' duplicate groups
     assert mine["accuracy_ci95_independent"] == pytest.approx(theirs["accuracy_ci95"])
     assert mine["accuracy_ci95"][0] <= mine["accuracy"] <= mine["accuracy_ci95"][1]
-    assert f"bootstrap over the {mine['groups']} duplicate groups" in mine["interval_method"]
+    assert (
+        f"bootstrap over the {mine['groups']} groups (copies, patients, volumes)" in mine["interval_method"]
+    )
     counts = report["data"]["evaluated_classes"]
     assert mine["majority_baseline"] == pytest.approx(max(counts.values()) / sum(counts.values()))
     assert "evaluated set" in mine["majority_baseline_of"]

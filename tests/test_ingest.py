@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.decode import decode_image, read_image
+from modules.decode import decode_image
 from modules.ingest import load_image_set
+from modules.scans import read_scan
 from modules.sources import DatasetError
 from tests.helpers import scan, write_image
 
@@ -123,7 +124,7 @@ def test_truncated_jpeg_is_skipped(small_set):
     assert "cannot decode" in skipped_reasons(load_image_set(small_set))["yes/cut.jpg"]
 
 
-def test_read_image_gives_the_reason_for_every_failure():
+def test_read_scan_gives_the_reason_for_every_failure():
     """The one read-and-decode step of ingest and predict: a failure is a reason, never an exception."""
 
     def failing(exc: Exception):
@@ -134,16 +135,17 @@ def test_read_image_gives_the_reason_for_every_failure():
 
     buf = io.BytesIO()
     Image.fromarray(scan(3)).save(buf, format="PNG")
-    image, reason = read_image(lambda: buf.getvalue())
-    assert reason == "" and image.format == "PNG" and image.pixels.shape == (image.height, image.width)
-    assert read_image(None, "symlink pointing outside the dataset root") == (
+    image, reason = read_scan(lambda: buf.getvalue())
+    assert reason == "" and image.format == "PNG" and len(image.images) == 1
+    assert image.images[0].name == "" and image.images[0].pixels.shape == (image.height, image.width)
+    assert read_scan(None, "symlink pointing outside the dataset root") == (
         None,
         "symlink pointing outside the dataset root",
     )
-    assert read_image(lambda: b"") == (None, "empty file (0 bytes)")
+    assert read_scan(lambda: b"") == (None, "empty file (0 bytes)")
     denied = PermissionError(13, "Permission denied")
-    assert read_image(failing(denied)) == (None, "permission denied (unreadable file)")
-    assert read_image(failing(OSError(5, "Input/output error"))) == (None, "cannot read (Input/output error)")
+    assert read_scan(failing(denied)) == (None, "permission denied (unreadable file)")
+    assert read_scan(failing(OSError(5, "Input/output error"))) == (None, "cannot read (Input/output error)")
 
 
 def png_header_only(width: int, height: int) -> bytes:

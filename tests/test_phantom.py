@@ -283,3 +283,38 @@ def test_a_tiny_cnn_learns_the_phantom_but_not_at_once(tmp_path):
     # lr 2e-3 one seed in twelve learnt a shortcut of the 80 training images and scored 0.5.)
     assert first < 1.0, f"the phantom is trivially easy: {first:.2f} after one epoch"
     assert last >= 0.7, f"a tiny CNN did not learn the phantom: validation accuracy {last:.2f} (chance 0.5)"
+
+
+# ----------------------------------------------------------------------------------------------- DICOM
+def test_the_dicom_phantom_is_one_series_per_patient_showing_the_pngs_grey_levels(tmp_path):
+    from modules.phantom_dicom import patient_id
+
+    root = make_phantom(tmp_path / "d", n_per_class=14, size=48, format="dicom", slices_per_patient=3)
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("IM*"))
+    assert len(files) == 28 and "yes/PHANTOM-YES-005/IM0002" in files  # 4 patients of 3 slices, one of 2
+    assert "yes/PHANTOM-YES-005/IM0003" not in files
+    data = prepare_data(root, seed=0)
+    assert data.summary()["subjects"]["kinds"] == {"patient": 10}
+    rec = {r.path: r for r in data.images.records}[f"no/{patient_id('no', 1)}/IM0002"]  # image 4 of no/
+    assert rec.format == "DICOM" and rec.intensity == "DICOM VOI window"
+    assert np.array_equal(rec.pixels, render_example(0, 4, size=48)[0])
+
+
+def test_the_dicom_phantom_writes_the_same_bytes_every_time_and_refuses_foreign_files(tmp_path):
+    first = make_phantom(tmp_path / "a", n_per_class=4, size=32, format="dicom", slices_per_patient=2)
+    second = make_phantom(tmp_path / "b", n_per_class=4, size=32, format="dicom", slices_per_patient=2)
+    assert [p.read_bytes() for p in sorted(first.rglob("IM*"))] == [
+        p.read_bytes() for p in sorted(second.rglob("IM*"))
+    ]
+    make_phantom(first, n_per_class=4, size=32, format="dicom", slices_per_patient=2)  # the same set again
+    (first / "yes" / "PHANTOM-YES-001" / "extra.dcm").write_bytes(b"x")
+    with pytest.raises(ValueError, match="yes/PHANTOM-YES-001/extra.dcm"):
+        make_phantom(first, n_per_class=4, size=32, format="dicom", slices_per_patient=2)
+    with pytest.raises(ValueError, match="format must be one of png, dicom"):
+        make_phantom(tmp_path / "c", format="nifti")
+
+
+def test_cli_writes_a_dicom_phantom(tmp_path, capsys):
+    assert main([str(tmp_path / "d"), "--format", "dicom", "--n-per-class", "6", "--size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 12 synthetic phantom DICOM images (not real MRI)" in out and "2 patients" in out

@@ -59,6 +59,7 @@ def exclude_copies(
         reference_path,
         classes=images.classes,
         warn=None if warn is None else (lambda m: warn(f"reference set: {m}")),
+        choice=images.choice,
     )
     copies = copies_of(images, reference, threshold=threshold)
     dropped = {c["index"] for c in copies}

@@ -117,11 +117,20 @@ def _fold_settings(s: SearchSettings, fold_dir: Path, f: int) -> SearchSettings:
 
 
 def folds_csv(data: PreparedData, fold_of: list[int]) -> str:
+    """folds.csv: each image's fold (1-based), with its group (copies and subjects) and its subject."""
     rows = [
-        {"path": display_path(r.path), "sha256": r.sha256, "label": r.label, "group": g, "fold": str(f + 1)}
-        for r, g, f in zip(data.images.records, data.groups, fold_of, strict=True)
+        {
+            "path": display_path(r.path),
+            "sha256": r.sha256,
+            "label": r.label,
+            "group": g,
+            "subject": data.subject_of(i),
+            "fold": str(f + 1),
+        }
+        for i, (r, g, f) in enumerate(zip(data.images.records, data.groups, fold_of, strict=True))
     ]
-    return csv_text(sorted(rows, key=lambda row: row["path"]), ["path", "sha256", "label", "group", "fold"])
+    fields = ["path", "sha256", "label", "group", "subject", "fold"]
+    return csv_text(sorted(rows, key=lambda row: row["path"]), fields)
 
 
 def _prediction_rows(fold: PreparedData, outputs: dict) -> list[dict]:

@@ -21,7 +21,7 @@ from tuning.provenance import versions
 from tuning.settings import SearchSettings
 
 INTERVAL_METHOD = (
-    "pooled out-of-fold predictions; 95% percentile bootstrap over duplicate groups "
+    "pooled out-of-fold predictions; 95% percentile bootstrap over groups (copies, patients, volumes) "
     f"({N_BOOT} resamples of whole groups)"
 )
 PREDICTION_FIELDS = ["path", "label", "group", "fold", "target"]  # then prob_<class> for every class

@@ -120,7 +120,7 @@ def cv_summary(report: dict, run_dir: Path) -> str:
         if k == "accuracy":
             rows.append(("majority baseline", fmt_metric(m["majority_baseline"], pct=True)))
     rows += [
-        ("intervals", "bootstrap over duplicate groups of the pooled out-of-fold predictions"),
+        ("intervals", "bootstrap over groups (copies, patients) of the pooled out-of-fold predictions"),
         ("report", f"{run_dir}/report.html (open it in a browser)"),
         ("files", f"{run_dir}/ (report.json, report.md, predictions.csv, split.csv, plots, fold-<n>/)"),
     ]

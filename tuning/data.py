@@ -14,7 +14,7 @@ from tuning.data_options import DataOptions
 from tuning.flags import add_flags, values_of
 from tuning.formatting import data_report
 
-FLAGS = ["positive_class", "strict", "must_link"]
+FLAGS = ["positive_class", "strict", "must_link", "groups", "slice_axis", "slices"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         nargs="?",
         default=None,
         help="folder with one sub-folder per class, two or more (e.g. yes/ and no/; optionally inside one "
-        "wrapping folder) or a .zip of one; default: the built-in synthetic phantom set",
+        "wrapping folder) or a .zip of one, of JPEG, PNG, DICOM and NIfTI files; default: the built-in "
+        "synthetic phantom set",
     )
     groups = {"data": p.add_argument_group("data")}
     add_flags(p, DataOptions, groups=groups, only=FLAGS)
@@ -54,16 +55,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    opts = values_of(args, DataOptions, only=FLAGS)
+    opts = DataOptions(**values_of(args, DataOptions, only=FLAGS))
     fractions = (1.0 - args.val_fraction - args.test_fraction, args.val_fraction, args.test_fraction)
     data = resolve_data(
         args.path,
         seed=args.seed,
         fractions=fractions,
-        strict=opts["strict"],
+        strict=opts.strict,
         threshold=args.near_threshold,
-        positive_class=opts["positive_class"],
-        must_link=opts["must_link"],
+        positive_class=opts.positive_class,
+        must_link=opts.must_link,
+        groups=opts.groups,
+        choice=opts.choice,
         warn=warn,
     )
     if args.write_split:

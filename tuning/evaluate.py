@@ -17,7 +17,11 @@ import sys
 
 from modules.duplicates import DEFAULT_THRESHOLD
 from tuning.cli import output_folder, run_main, set_threads, warn
+from tuning.data_options import DataOptions
 from tuning.evaluation import evaluation_summary, run_evaluation
+from tuning.flags import add_flags, values_of
+
+DATA_FLAGS = ["groups", "slice_axis", "slices"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -38,7 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--data",
         required=True,
-        help="labelled set to score: a folder with the model's class folders (e.g. yes/ and no/), or a .zip",
+        help="labelled set to score: a folder with the model's class folders (e.g. yes/ and no/), or a .zip; "
+        "JPEG, PNG, DICOM and NIfTI files",
     )
     d.add_argument("--strict", action="store_true", help="refuse bad image files instead of skipping them")
     d.add_argument(
@@ -54,6 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=DEFAULT_THRESHOLD,
         help=f"thumbnail correlation at which two images count as near copies (default: {DEFAULT_THRESHOLD})",
     )
+    add_flags(p, DataOptions, groups={"data": d}, only=DATA_FLAGS)
     m = p.add_argument_group("scoring")
     m.add_argument(
         "--threshold",
@@ -72,6 +78,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    opts = DataOptions(**values_of(args, DataOptions, only=DATA_FLAGS))
+    opts.check_data_options()
     out = output_folder(args.out, "evaluate", marker="report.json", overwrite=args.overwrite)
     set_threads(args.threads)
     command = "python -m tuning.evaluate " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -86,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         command=command,
         warn=warn,
+        groups=opts.groups,
+        choice=opts.choice,
     )
     print(evaluation_summary(report, out))
     return 0

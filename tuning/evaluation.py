@@ -22,9 +22,12 @@ from modules.checkpoint import (
 )
 from modules.duplicates import DEFAULT_THRESHOLD, group_duplicates
 from modules.files import atomic_write_json, atomic_write_text
+from modules.groups_file import read_groups_file
 from modules.ingest import ImageRecord, ImageSet, load_image_set
+from modules.nifti import SliceChoice
 from modules.sources import display_path
 from modules.statistics import N_BOOT, classification_metrics, group_bootstrap
+from modules.subjects import subject_links, subjects_of
 from tuning.copies import exclude_copies
 from tuning.formatting import summary_lines
 from tuning.html_report import run_markdown, write_html_report
@@ -58,22 +61,28 @@ def run_evaluation(
     batch_size: int = 32,
     command: str = "",
     warn: Callable[[str], None] | None = None,
+    groups: str | Path | None = None,
+    choice: SliceChoice | None = None,
 ) -> dict:
     """Score ``checkpoint`` on the labelled set ``data``, write the report folder; returns the report.
 
     ``checkpoint``: one model.pt, or a list of them (an ensemble: the mean of their class probabilities; e.g.
-    the fold models of a cross-validation). Intervals come from a bootstrap over the duplicate groups of the
-    scored images (copies of one scan are not independent), beside the image-level ones."""
+    the fold models of a cross-validation). Intervals come from a bootstrap over the groups of the scored
+    images (copies of one scan, and the images of one subject: a DICOM patient, a NIfTI volume, a group of the
+    ``groups`` file, are not independent), beside the image-level ones. ``choice``: the slices of volumes."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
     paths = [checkpoint] if isinstance(checkpoint, str | Path) else list(checkpoint)
     models = [load_classifier(p) for p in paths]
     meta = _common_meta([m for _, m in models])
-    images = load_image_set(data, classes=list(meta["classes"]), strict=strict, warn=warn)
+    images = load_image_set(data, classes=list(meta["classes"]), strict=strict, warn=warn, choice=choice)
+    subjects = subjects_of(images.records, read_groups_file(groups, images, warn=warn) if groups else None)
     notes = _training_set_notes(images, meta)
-    recs, exclusion = _images_to_score(images, exclude_duplicates_of, threshold=near_threshold, warn=warn)
+    keep, exclusion = _images_to_score(images, exclude_duplicates_of, threshold=near_threshold, warn=warn)
+    recs = [images.records[i] for i in keep]
     probs_all, y, test, pred = _score(models, meta, recs, threshold=threshold, batch_size=batch_size)
-    _group_intervals(test, probs_all, y, recs, meta, threshold=near_threshold)
+    kept_subjects = [subjects[i] for i in keep]
+    _group_intervals(test, probs_all, y, recs, kept_subjects, meta, threshold=near_threshold)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +91,8 @@ def run_evaluation(
     report = {
         "kind": "evaluate",
         "command": command,
-        "data": _data_block(images, recs, list(meta["classes"]), exclusion, synthetic=synthetic),
+        "data": _data_block(images, recs, list(meta["classes"]), exclusion, synthetic=synthetic)
+        | {"subjects": len({s for s in kept_subjects if s})},
         "model": model_info(meta),
         "ensemble": [model_info(m) for _, m in models] if len(models) > 1 else None,
         "config": meta.get("config"),
@@ -119,13 +129,14 @@ def _training_set_notes(images: ImageSet, meta: dict) -> list[str]:
 
 def _images_to_score(
     images: ImageSet, exclude_duplicates_of, *, threshold: float, warn
-) -> tuple[list[ImageRecord], dict | None]:
-    """The records to score (all of ``images``, or those no copy of the set at ``exclude_duplicates_of``) and
-    the report's ``exclusion`` block (None when nothing was excluded by request)."""
+) -> tuple[list[int], dict | None]:
+    """The indices of the images to score (all of ``images``, or those no copy of the set at
+    ``exclude_duplicates_of``, read with the same slice choice) and the report's ``exclusion`` block (None when
+    nothing was excluded by request)."""
     keep, exclusion = list(range(len(images.records))), None
     if exclude_duplicates_of is not None:
         keep, exclusion = exclude_copies(images, exclude_duplicates_of, threshold=threshold, warn=warn)
-    return [images.records[i] for i in keep], exclusion
+    return keep, exclusion
 
 
 def _common_meta(metas: list[dict]) -> dict:
@@ -179,11 +190,18 @@ def _score(models: list, meta: dict, recs: list[ImageRecord], *, threshold: floa
     return probs_all, y, test, decide_labels(probs_all, meta, threshold=threshold)
 
 
-def _group_intervals(test: dict, probs, y, recs: list[ImageRecord], meta: dict, *, threshold: float) -> None:
-    """Replace ``test``'s intervals by a bootstrap over the scored images' duplicate groups (exact and near
-    copies, as the training protocol groups them); the image-level ones stay under ``*_ci95_independent``."""
+def _group_intervals(
+    test: dict, probs, y, recs: list[ImageRecord], subjects: list[str], meta: dict, *, threshold: float
+) -> None:
+    """Replace ``test``'s intervals by a bootstrap over the scored images' groups (exact and near copies and
+    ``subjects``, as the training protocol groups them); the image-level ones stay under
+    ``*_ci95_independent``."""
     groups = group_duplicates(
-        [r.sha256 for r in recs], [r.pixels for r in recs], [r.label for r in recs], threshold=threshold
+        [r.sha256 for r in recs],
+        [r.pixels for r in recs],
+        [r.label for r in recs],
+        threshold=threshold,
+        together=subject_links(subjects),
     ).group
     intervals = group_bootstrap(probs, y, groups, positive=positive_index(meta))
     for k, ci in intervals.items():
@@ -193,7 +211,8 @@ def _group_intervals(test: dict, probs, y, recs: list[ImageRecord], meta: dict, 
     test["groups"] = len(set(groups))
     test["independent_interval_method"] = "as if images were independent: " + test["interval_method"]
     test["interval_method"] = (
-        f"95% percentile bootstrap over the {len(set(groups))} duplicate groups of the {len(recs)} scored images "
+        f"95% percentile bootstrap over the {len(set(groups))} groups (copies, patients, volumes) of the "
+        f"{len(recs)} scored images "
         f"({N_BOOT} resamples of whole groups)"
     )
 

@@ -104,7 +104,9 @@ def data_report(data: PreparedData) -> str:
     lines = [
         f"data: {s['source']}" + ("  (SYNTHETIC phantom set, not real scans)" if s["synthetic"] else ""),
         f"fingerprint: {s['fingerprint']}",
-        f"files: {s['files']}  " + "  ".join(f"{c}: {n}" for c, n in s["classes"].items()),
+        f"images: {s['files']}  "
+        + "  ".join(f"{c}: {n}" for c, n in s["classes"].items())
+        + (f"  (from {s['source_files']} files)" if s["source_files"] != s["files"] else ""),
         f"classes: {len(s['classes'])}; "
         + (
             f"positive class: {s['positive_class']}"
@@ -113,10 +115,12 @@ def data_report(data: PreparedData) -> str:
         ),
         "formats: " + ", ".join(f"{k} {v}" for k, v in s["formats"].items()),
         "modes: " + ", ".join(f"{k} {v}" for k, v in s["modes"].items()),
+        *_clinical_lines(s),
         f"skipped: {len(s['skipped'])}",
         *[f"  {item['path']}: {item['reason']}" for item in s["skipped"]],
         f"exact duplicate groups: {s['exact_duplicate_groups']} ({s['exact_duplicate_files']} files)",
         f"duplicate clusters (exact + near): {s['duplicate_clusters']} ({s['duplicate_cluster_files']} files)",
+        *_subject_lines(s["subjects"]),
         f"groups: {s['groups']}; groups across splits: {s['groups_across_splits']}",
         f"split (seed {s['split_seed']}, fractions {s['split_fractions']}):",
     ]
@@ -130,3 +134,34 @@ def data_report(data: PreparedData) -> str:
             f"  {base['accuracy']:.3f} (always '{base['class']}')"
         )
     return "\n".join(lines)
+
+
+def _clinical_lines(s: dict) -> list[str]:
+    """How DICOM and NIfTI grey levels were made, and the slices taken (only for sets that hold them)."""
+    if set(s["intensity"]) <= {"as stored"}:
+        return []
+    lines = ["grey levels: " + ", ".join(f"{k} {v}" for k, v in s["intensity"].items())]
+    if any(f.startswith("NIfTI") for f in s["formats"]):
+        lines.append(f"NIfTI slices: {s['slices']['slices']} along the {s['slices']['axis']} axis")
+    if s["blank_images_left_out"]:
+        lines.append(f"blank frames or slices left out: {s['blank_images_left_out']}")
+    return lines
+
+
+def _subject_lines(sub: dict) -> list[str]:
+    """Patients and volumes: how many, how they are split, and that none straddles two splits."""
+    if not sub["subjects"]:
+        return ["subjects: none named (no DICOM patient, NIfTI volume or --groups); grouped by copies only"]
+    kinds = ", ".join(f"{k} {n}" for k, n in sub["kinds"].items())
+    split = ", ".join(f"{name} {n}" for name, n in sub["split"].items())
+    lines = [
+        f"subjects: {sub['subjects']} ({kinds}) holding {sub['images_with_subject']} images; "
+        f"{sub['images_without_subject']} images without one",
+        f"subjects per split: {split}; subjects across splits: {sub['across_splits']}",
+    ]
+    if sub["groups_with_several_subjects"]:
+        lines.append(
+            f"groups joining several subjects (copies of an image under two patients?): "
+            f"{sub['groups_with_several_subjects']}"
+        )
+    return lines

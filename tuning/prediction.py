@@ -24,9 +24,11 @@ from modules.checkpoint import (
     preprocessing,
     uses_flip_tta,
 )
-from modules.decode import KEEP_MAX_SIDE, read_image, shrink  # the ingest's own rules: the same as training
+from modules.decode import KEEP_MAX_SIDE, shrink
 from modules.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from modules.gradcam import crop_box_in, default_target_layer, grad_cam, to_image_geometry
+from modules.nifti import SliceChoice
+from modules.scans import read_scan  # the ingest's own rules: the same as training
 from modules.sources import DatasetError, display_path, folder_entries, is_hidden, read_limited
 from modules.transforms import Preprocessing, to_tensor
 
@@ -110,7 +112,10 @@ def _png(rgb: np.ndarray) -> bytes:
 
 
 def _heatmap_name(n: int, path: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem).strip("._")[:60] or "image"
+    """``heatmaps/<n>-<the file's stem>[_<frame or slice>].png``, in characters safe on every file system."""
+    file, _, part = path.partition("#")
+    name = Path(file).stem + (f"_{part}" if part else "")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or "image"
     return f"heatmaps/{n:04d}-{stem}.png"
 
 
@@ -145,11 +150,13 @@ def run_prediction(
     threshold: float = 0.5,
     heatmaps: bool = True,
     command: str = "",
+    choice: SliceChoice | None = None,
 ) -> tuple[list[dict], dict]:
     """Label every image of ``inputs``, write ``predictions.csv``, the heat maps and ``predict.json`` into
-    ``out_dir``. Returns (rows, meta): the CSV rows (``probability`` None and ``error`` the reason for a file
-    that cannot be read; ``probs`` {class: probability}; ``probability`` the positive class's, None for a
-    model of more classes) and the checkpoint's description (``modules.checkpoint.load_classifier``)."""
+    ``out_dir``. Returns (rows, meta): the CSV rows, one per image (a DICOM frame, a NIfTI slice of
+    ``choice``: ``path#frame-001``; ``probability`` None and ``error`` the reason for a file that cannot be
+    read; ``probs`` {class: probability}; ``probability`` the positive class's, None for a model of more
+    classes) and the checkpoint's description (``modules.checkpoint.load_classifier``)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
     model = _load_model(checkpoint)
@@ -160,10 +167,11 @@ def run_prediction(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [
-        _predict_source(model, n, source, threshold=threshold, heatmaps=heatmaps, out=out)
-        for n, source in enumerate(sources)
-    ]
+    rows: list[dict] = []
+    for source in sources:
+        rows += _predict_source(
+            model, len(rows), source, threshold=threshold, heatmaps=heatmaps, out=out, choice=choice
+        )
     atomic_write_text(out / "predictions.csv", _csv(rows, model.classes))
     atomic_write_json(
         out / "predict.json", _run_info(model, rows, threshold=threshold, heatmaps=heatmaps, command=command)
@@ -172,14 +180,32 @@ def run_prediction(
 
 
 def _predict_source(
-    model: _Model, n: int, source: Source, *, threshold: float, heatmaps: bool, out: Path
+    model: _Model, n: int, source: Source, *, threshold: float, heatmaps: bool, out: Path, choice
+) -> list[dict]:
+    """The CSV rows of one input, one per image it holds, numbered from ``n`` (0-based); their heat maps written
+    under ``out`` when ``heatmaps``. A file that cannot be read gives one row with the reason."""
+    scan, error = read_scan(source.read, source.problem, choice)
+    if scan is None:
+        return [dict.fromkeys(CSV_FIELDS, None) | {"path": source.path, "error": error, "probs": None}]
+    return [
+        _predict_image(
+            model,
+            n + k,
+            f"{source.path}#{image.name}" if image.name else source.path,
+            image.pixels,
+            threshold=threshold,
+            heatmaps=heatmaps,
+            out=out,
+        )
+        for k, image in enumerate(scan.images)
+    ]
+
+
+def _predict_image(
+    model: _Model, n: int, path: str, pixels: np.ndarray, *, threshold: float, heatmaps: bool, out: Path
 ) -> dict:
-    """The CSV row of the ``n``-th input (0-based), its heat map written under ``out`` when ``heatmaps``."""
-    row = dict.fromkeys(CSV_FIELDS, None) | {"path": source.path, "error": "", "probs": None}
-    image, row["error"] = read_image(source.read, source.problem)
-    if image is None:
-        return row
-    pixels = image.pixels
+    """The CSV row of the ``n``-th image (0-based), its heat map written under ``out`` when ``heatmaps``."""
+    row = dict.fromkeys(CSV_FIELDS, None) | {"path": path, "error": "", "probs": None}
     shown = shrink(pixels, KEEP_MAX_SIDE)  # what ingest keeps, so the numbers match tuning.evaluate
     probs = predict_probabilities(model.network, [shown], model.transform, flip=uses_flip_tta(model.meta))
     row["probs"] = {c: float(p) for c, p in zip(model.classes, probs[0], strict=True)}
@@ -192,7 +218,7 @@ def _predict_source(
         cam = grad_cam(model.network, model.transform(to_tensor(shown))[None], model.layer, explained)
         box = crop_box_in(pixels.shape, shown, model.pre)
         heat = to_image_geometry(cam, model.pre, *pixels.shape, box=box)
-        row["heatmap"] = _heatmap_name(n, source.path)
+        row["heatmap"] = _heatmap_name(n, path)
         atomic_write_bytes(out / row["heatmap"], _png(overlay(pixels, heat)))
     return row
 

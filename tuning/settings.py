@@ -32,8 +32,8 @@ class SearchSettings(DataOptions):
 
     split: str = setting(
         "grouped",
-        "grouped: duplicate groups never straddle splits; random: file by file, LEAKY, only to show how much "
-        "duplicates inflate a result",
+        "grouped: groups (copies, patients, volumes) never straddle splits; random: file by file, LEAKY, only "
+        "to show how much duplicates inflate a result",
         "data",
         choices=list(SPLIT_MODES),
     )
@@ -117,6 +117,7 @@ class SearchSettings(DataOptions):
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        self.check_data_options()  # a bad --slices is refused here, before Ray starts
         validate_spec(get_spec(self.space), FIELD_TYPES)
         spec = self.spec()
         for corner in (0, 1):  # every numeric entry at both ends must make a valid TrainConfig
