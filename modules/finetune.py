@@ -119,6 +119,7 @@ class StagedFineTuning(pl.Callback):
         self.unfrozen = False
         self._resume_unfrozen = False
         self._eval_bn: list[_BatchNorm] = []
+        self._train_bn: list[_BatchNorm] = []  # unfrozen batch norm that trains (without freeze_bn_stats)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Freeze the backbone before ``configure_optimizers`` runs."""
@@ -128,6 +129,7 @@ class StagedFineTuning(pl.Callback):
         set_trainable([network.backbone], False)
         self.unfrozen = False
         self._eval_bn = frozen_bn_modules(network, freeze_bn_stats=self.freeze_bn_stats)
+        self._train_bn = []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._resume_unfrozen:
@@ -146,6 +148,10 @@ class StagedFineTuning(pl.Callback):
     def _apply_bn_modes(self) -> None:
         for module in self._eval_bn:
             module.train(False)
+        # Lightning restores each submodule's mode after validation, so a batch norm put in eval mode in
+        # stage 1 would stay there after unfreezing; without freeze_bn_stats it trains, so put it back
+        for module in self._train_bn:
+            module.train(True)
 
     def _unfreeze(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         network = staged_network(pl_module)
@@ -158,6 +164,11 @@ class StagedFineTuning(pl.Callback):
         schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
         add_param_group(optimizer, params, self.backbone_lr, schedulers)
         self._eval_bn = frozen_bn_modules(network, freeze_bn_stats=self.freeze_bn_stats)
+        frozen = {id(m) for m in self._eval_bn}
+        self._train_bn = [
+            m for stage in network.stage_modules(self.unfreeze_depth) for m in stage.modules()
+            if isinstance(m, _BatchNorm) and id(m) not in frozen
+        ]  # fmt: skip
         self.unfrozen = True
         self._resume_unfrozen = False
 

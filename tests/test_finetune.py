@@ -44,7 +44,15 @@ def module(scheduler: str = "none", **kwargs) -> ClassifierModule:
 
 
 def fit(
-    model, callbacks, *, max_epochs: int, tmp_path, ckpt_path=None, train_loader=None, **kwargs
+    model,
+    callbacks,
+    *,
+    max_epochs: int,
+    tmp_path,
+    ckpt_path=None,
+    train_loader=None,
+    val_loader=None,
+    **kwargs,
 ) -> pl.Trainer:
     kwargs = {"limit_train_batches": 1, **kwargs}
     trainer = pl.Trainer(
@@ -58,7 +66,7 @@ def fit(
         default_root_dir=tmp_path,
         **kwargs,
     )
-    trainer.fit(model, train_loader or loader(), ckpt_path=ckpt_path)
+    trainer.fit(model, train_loader or loader(), val_loader, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -89,6 +97,16 @@ class Recorder(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         pl_module.train()
         self.lrs[trainer.current_epoch] = [g["lr"] for g in trainer.optimizers[0].param_groups]
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.states[trainer.current_epoch] = snapshot(pl_module)
+
+
+class Snapshots(pl.Callback):
+    """Weights after each epoch, touching no module's mode."""
+
+    def __init__(self) -> None:
+        self.states = {}
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.states[trainer.current_epoch] = snapshot(pl_module)
@@ -178,6 +196,19 @@ def test_unfreeze_depth_trains_exactly_its_stages(tmp_path, depth):
         k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked") for k in buffers
     )
     assert changed(initial, snapshot(model)) == head | unfrozen | buffers
+
+
+def test_without_freeze_bn_stats_the_unfrozen_statistics_update_after_a_frozen_first_stage(tmp_path):
+    # stage 1 puts every batch norm in eval mode and Lightning keeps each submodule's mode across validation:
+    # from stage 2 on, the unfrozen stage's batch norm must train again
+    model, recorder = module(), Snapshots()
+    staged = StagedFineTuning(
+        stage2_epoch=1, unfreeze_depth=1, backbone_lr=BACKBONE_LR, freeze_bn_stats=False
+    )
+    fit(model, [staged, recorder], max_epochs=2, tmp_path=tmp_path, val_loader=loader())
+    moved = changed(recorder.states[0], recorder.states[1])
+    assert "backbone.layer4.0.bn1.running_mean" in moved
+    assert not any(k.startswith("backbone.layer3.") for k in moved)
 
 
 def test_stage2_after_last_epoch_never_unfreezes(tmp_path):
