@@ -169,6 +169,7 @@ def test_only_trainable_parameters_reach_the_optimizer():
         id(p) for p in module.network.classifier.parameters()
     }
     assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["fused"] is True  # the fused step on CPU (and GPU)
 
 
 def test_predict_step_gives_probabilities_and_channels_last():

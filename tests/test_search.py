@@ -34,6 +34,11 @@ def _check_run_folder(run):
         "search.json",
     ):
         assert (run / name).is_file(), name
+    # each trial's time split: the seconds inside training and validation batches, within its total
+    for row in csv.DictReader((run / "trials.csv").open()):
+        assert 0 < float(row["compute_s"]) < float(row["time_s"]), row
+    split = report["search"]["trial_time_split_s"]
+    assert 0 < split["compute"] < split["total"]
     return report
 
 

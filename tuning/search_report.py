@@ -27,6 +27,7 @@ def write_trials_csv(trials: list[dict], path: Path) -> Path:
             "best_iteration",
             "last_value",
             "time_s",
+            "compute_s",
             "node_id",
             *keys,
             "error",
@@ -42,6 +43,7 @@ def write_trials_csv(trials: list[dict], path: Path) -> Path:
                 t["best_iteration"],
                 t["last_value"],
                 t["time_s"],
+                t.get("compute_s"),
                 t["node_id"],
                 *[t["config"].get(k) for k in keys],
                 t["error"] or "",
@@ -153,6 +155,7 @@ def render_markdown(report: dict, trials: list[dict]) -> str:
         f"{s['wall_time_s']:.0f} s. Best trial `{report['best_trial']['trial_id']}`: "
         f"{fmt_config(report['best_trial']['config'])}; refit for {report['config']['max_epochs']} epochs.",
         "",
+        *_time_split_lines(s),
         "| trial | status | epochs | best | at epoch | config |",
         "|---|---|---|---|---|---|",
     ]
@@ -166,6 +169,20 @@ def render_markdown(report: dict, trials: list[dict]) -> str:
         lines += ["", "Failed trials:", *[f"- `{f['trial_id']}`: {f['error']}" for f in s["failed_trials"]]]
     lines += ["", "Plots: " + ", ".join(f"![{p}]({p})" for p in report["artifacts"]["plots"]), ""]
     return "\n".join(lines)
+
+
+def _time_split_lines(s: dict) -> list[str]:
+    split = s.get("trial_time_split_s")
+    if not split or not split["total"]:
+        return []
+    share = 100 * split["compute"] / split["total"]
+    return [
+        f"Trial time: {split['total']:.0f} s over all trials, {split['compute']:.0f} s ({share:.0f}%) inside "
+        f"training and validation batches (forward, backward, optimiser step), {split['total'] - split['compute']:.0f} s "
+        "on the rest (start-up, data loading, Lightning's loops, metrics, reports); per trial in trials.csv "
+        "(`time_s`, `compute_s`).",
+        "",
+    ]
 
 
 def search_block(s: SearchSettings, trials: list[dict], seconds: float, *, images_per_epoch: int) -> dict:
@@ -200,4 +217,9 @@ def search_block(s: SearchSettings, trials: list[dict], seconds: float, *, image
         # images a trial pushes through per second, training and validation together, start-up included
         "trial_images_per_s_median": round(statistics.median(rates), 1) if rates else math.nan,
         "trials_per_hour": round(len(trials) / seconds * 3600, 1) if seconds > 0 else math.nan,
+        # where the trials' time went: inside training/validation batches, and everything else
+        "trial_time_split_s": {
+            "total": round(sum(t["time_s"] for t in trials), 2),
+            "compute": round(sum(t.get("compute_s") or 0.0 for t in trials), 2),
+        },
     }

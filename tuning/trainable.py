@@ -6,6 +6,8 @@ needs no shared data folder. Ray's config dict becomes a typed ``TrainConfig`` h
 
 from __future__ import annotations
 
+import time
+
 import pytorch_lightning as pl
 from ray import tune
 from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
@@ -16,7 +18,22 @@ from tuning.config import TUNE_METRICS, TrainConfig
 
 
 class EpochReport(TuneReportCheckpointCallback):
-    """Tune's Lightning callback, plus the epoch and the node the trial runs on (placement on a cluster)."""
+    """Tune's Lightning callback, plus the epoch, the node the trial runs on (placement on a cluster) and
+    ``compute_s``: the seconds spent so far inside training and validation batches (forward, backward and
+    optimiser step; Tune's ``time_total_s`` minus it is what the trial spent on anything else: start-up, data
+    loading, Lightning's loops and hooks, metrics, reports)."""
+
+    compute_s = 0.0
+    _batch_started = 0.0
+
+    def _start(self, *args) -> None:
+        self._batch_started = time.perf_counter()
+
+    def _stop(self, *args) -> None:
+        self.compute_s += time.perf_counter() - self._batch_started
+
+    on_train_batch_start = on_validation_batch_start = _start
+    on_train_batch_end = on_validation_batch_end = _stop
 
     def _get_report_dict(self, trainer, pl_module):
         out = super()._get_report_dict(trainer, pl_module)
@@ -26,6 +43,7 @@ class EpochReport(TuneReportCheckpointCallback):
             out["epoch"] = trainer.current_epoch
             out["cached"] = int(getattr(self, "cached", False))
             out["node_id"] = ray.get_runtime_context().get_node_id()
+            out["compute_s"] = round(self.compute_s, 3)
         return out
 
 

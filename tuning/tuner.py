@@ -141,6 +141,7 @@ def collect_trials(grid, *, metric: str, mode: str) -> list[dict]:
                 "history": history,
                 "node_id": node,
                 "time_s": round(float(metrics.get("time_total_s") or 0.0), 2),
+                "compute_s": round(float(metrics.get("compute_s") or 0.0), 2),
                 "cached": bool(metrics.get("cached", 0)),
                 "error": _error_text(result.error),
             }
