@@ -28,6 +28,7 @@ from modules.files import atomic_write_bytes, atomic_write_json, atomic_write_te
 from modules.gradcam import crop_box_in, default_target_layer, grad_cam, to_image_geometry
 from modules.sources import DatasetError, display_path, folder_entries, is_hidden, read_limited
 from modules.transforms import Preprocessing, to_tensor
+from tuning.provenance import versions
 
 CSV_FIELDS = (
     "path",
@@ -207,6 +208,7 @@ def _run_info(model: _Model, rows: list[dict], *, threshold: float, heatmaps: bo
         + ("backbone.layer4" if model.meta["model"] == "resnet50" else "the last conv block's ReLU"),
         "images": len(rows),
         "unreadable": sum(1 for r in rows if r["error"]),
+        "versions": versions(),
         "artifacts": {"predictions": "predictions.csv", "heatmaps": "heatmaps/" if heatmaps else None},
     }
 
