@@ -35,6 +35,9 @@ LAYERS = {  # tuning's files, bottom (0) to top (5)
     # the Ray runtime
     "tuning.ray_runtime": 3,
     "tuning.trainable": 3,
+    "tuning.asha": 3,
+    "tuning.search_alg": 3,
+    "tuning.tracking": 3,
     "tuning.tuner": 3,
     # orchestration
     "tuning.plots": 4,

@@ -15,6 +15,7 @@ from tuning.backbone import cache_summary
 from tuning.cli import warn
 from tuning.config import TrainConfig
 from tuning.plots import plot_confusion, plot_roc, plot_roc_ovr, plot_trial_curves
+from tuning.provenance import versions
 from tuning.search_report import render_markdown, search_block, summary_table, write_trials_csv
 from tuning.settings import SearchSettings
 from tuning.training import run_training
@@ -96,6 +97,7 @@ def _search_extra(
             ),
             "cache": cache_summary(cache, sum(bool(t.get("cached")) for t in trials)),
         },
+        "versions": versions(*s.libraries()),  # the refit's, with the search's optional libraries
     }
 
 
