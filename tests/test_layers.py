@@ -54,12 +54,14 @@ LAYERS = {  # tuning's files, bottom (0) to top (5)
     "tuning.copies": 4,
     "tuning.evaluation": 4,
     "tuning.prediction": 4,
+    "tuning.model_export": 4,
     # commands: a parser and main() each
     "tuning.data": 5,
     "tuning.train": 5,
     "tuning.search": 5,
     "tuning.evaluate": 5,
     "tuning.predict": 5,
+    "tuning.export": 5,
 }
 COMMANDS = {name for name, layer in LAYERS.items() if layer == 5}
 RAY_FREE_BELOW = 3  # tuning's layers under the Ray runtime never import ray
