@@ -21,6 +21,10 @@ from tuning.settings_io import local_mlflow_uri
 
 KIND_TAG = "mri_tune.kind"  # trial, refit, cross-validation, repeats
 BATCH = 100
+FILE_STORE_HINT = (
+    "; use an SQLite store (sqlite:///PATH/mlflow.db, or --mlflow alone for one in the run folder), or set "
+    "MLFLOW_ALLOW_FILE_STORE=true to keep a file store"
+)
 
 
 def tracking_uri(s: SearchSettings) -> str | None:
@@ -49,13 +53,16 @@ def prepare_tracking(s: SearchSettings) -> str | None:
         return None
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = _client(uri)
     name = experiment_name(s)
     try:
+        client = _client(uri)
         found = client.get_experiment_by_name(name)
         return found.experiment_id if found else client.create_experiment(name, artifact_location(uri))
     except Exception as exc:  # MlflowException, a driver error, a refused connection: all "the store failed"
-        raise ValueError(f"--mlflow {uri}: the tracking store failed ({_first_sentence(exc)})") from None
+        hint = FILE_STORE_HINT if "MLFLOW_ALLOW_FILE_STORE" in str(exc) else ""
+        raise ValueError(
+            f"--mlflow {uri}: the tracking store failed ({_first_sentence(exc)}){hint}"
+        ) from None
 
 
 def trial_callbacks(s: SearchSettings) -> list:
