@@ -64,7 +64,8 @@ def trial_results(trial: Trial) -> list[dict]:
             text = fh.readall().decode()
     except OSError as exc:
         warn(
-            f"ASHA cannot rebuild the rung records of finished trial {trial.trial_id} ({exc}); later trials are compared without them"
+            f"ASHA cannot rebuild the rung records of finished trial {trial.trial_id} ({exc}); later trials "
+            "are compared without them"
         )
         return []
     return list(parse_results(text.splitlines()))
