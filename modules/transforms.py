@@ -149,3 +149,39 @@ def build_transform(pre: Preprocessing, *, train: bool) -> v2.Compose:
         v2.Normalize(list(pre.mean), list(pre.std)),
     ]
     return v2.Compose(steps)
+
+
+def describe_evaluation(pre: Preprocessing) -> list[dict]:
+    """The steps of ``build_transform(pre, train=False)`` as data, for a runtime outside this project (an
+    exported model's description): what each step does and with which values. Keep beside the transform."""
+    steps: list[dict] = [
+        {
+            "op": "grayscale",
+            "how": "decode to 8-bit grayscale (H, W) (modules/decode.py to_gray): colour as PIL's RGB -> L "
+            "(ITU-R 601-2 luma), 16-bit and float images windowed from their own minimum to maximum, "
+            "transparency composited on black; images over 1024 px a side first shrunk (bilinear) to 1024",
+        }
+    ]
+    if pre.crop == "brain":
+        steps.append(
+            {
+                "op": "crop_to_head",
+                "how": "cut to the head's bounding box: foreground = pixels above max(12, 0.1 x the 99.5th "
+                "percentile); a row or column is the head's when >= 4% of it is foreground; of the runs of such "
+                "lines the one holding the most foreground; the box grown by 3% a side, then squared where "
+                "the image allows (modules/transforms.py brain_box)",
+            }
+        )
+    steps += [
+        {"op": "resize", "size": [pre.resize, pre.resize], "interpolation": "bilinear", "antialias": True},
+        {"op": "center_crop", "size": [pre.image_size, pre.image_size]},
+        {"op": "to_float", "dtype": "float32", "scale": "divide by 255 (values in [0, 1])"},
+        {"op": "gray_to_rgb", "how": "repeat the one channel 3 times"},
+        {
+            "op": "normalize",
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "how": "(x - mean) / std per channel",
+        },
+    ]
+    return steps

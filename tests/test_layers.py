@@ -36,6 +36,9 @@ LAYERS = {  # tuning's files, bottom (0) to top (5)
     "tuning.ray_runtime": 3,
     "tuning.trainable": 3,
     "tuning.progress": 3,
+    "tuning.asha": 3,
+    "tuning.search_alg": 3,
+    "tuning.tracking": 3,
     "tuning.tuner": 3,
     # orchestration
     "tuning.plots": 4,
@@ -53,12 +56,14 @@ LAYERS = {  # tuning's files, bottom (0) to top (5)
     "tuning.copies": 4,
     "tuning.evaluation": 4,
     "tuning.prediction": 4,
+    "tuning.model_export": 4,
     # commands: a parser and main() each
     "tuning.data": 5,
     "tuning.train": 5,
     "tuning.search": 5,
     "tuning.evaluate": 5,
     "tuning.predict": 5,
+    "tuning.export": 5,
 }
 COMMANDS = {name for name, layer in LAYERS.items() if layer == 5}
 RAY_FREE_BELOW = 3  # tuning's layers under the Ray runtime never import ray

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def test_predict_writes_a_row_and_a_heat_map_per_image(run, tmp_path, capsys):
     for r in rows:
         if r["error"]:
             assert r["probability"] == "" and r["heatmap"] == ""
-    assert (out / "predict.json").is_file()
+    info = json.loads((out / "predict.json").read_text())
+    assert {"code", "torch", "numpy", "pillow"} <= set(info["versions"])  # what made these numbers
 
 
 def test_threshold_decides_the_label_and_overwrite_is_refused(run, tmp_path, capsys):

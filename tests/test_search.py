@@ -2,7 +2,9 @@
 
 import csv
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
 from modules.weights import resolve_weights
@@ -202,3 +204,43 @@ def test_a_random_backbone_takes_batch_norm_statistics_from_the_training_images_
     )
     pretrained = resolve_weights("none")  # not drawn at random by a search: left as it is
     assert with_batch_norm_statistics(s, spec, data, pretrained) is pretrained
+
+
+def test_a_tpe_search_tracked_in_mlflow(ray_local, search_phantom, tmp_path):
+    """--search-alg tpe --mlflow: every trial's parameters and per-epoch metrics, and the refit's test metrics
+    and files, read back from the local store with MLflow's client; Ray's TensorBoard files beside them."""
+    from mlflow.tracking import MlflowClient
+
+    run = tmp_path / "tracked"
+    args = ["--space", "baseline_cnn", "--data", str(search_phantom), "--num-samples", "3", "--max-epochs", "2",
+            "--grace-period", "1", "--search-alg", "tpe", "--tpe-startup", "2", "--mlflow", "--out", str(run)]  # fmt: skip
+    assert _run([*args, *TINY]) == 0
+    report = _check_run_folder(run)
+    assert report["search"]["search_alg"]["name"] == "tpe" and report["search"]["search_alg"]["seed"] == 0
+    assert "drawn by Optuna's TPE (2 random start-up trials" in (run / "report.md").read_text()
+    assert {"optuna", "mlflow", "code", "ray"} <= set(report["versions"])
+
+    client = MlflowClient(f"sqlite:///{run.resolve()}/mlflow.db")
+    experiment = client.get_experiment_by_name("tracked")
+    assert experiment.artifact_location == (run / "mlartifacts").resolve().as_uri()
+    runs = client.search_runs([experiment.experiment_id])
+    trials = [r for r in runs if r.data.tags["mri_tune.kind"] == "trial"]
+    by_epochs = {t["trial_id"]: t["iterations"] for t in csv.DictReader((run / "trials.csv").open())}
+    assert len(trials) == 3 and all(r.info.status == "FINISHED" for r in trials)
+    for r in trials:
+        assert {"lr", "dropout", "weight_decay", "cnn_width", "cnn_depth", "model"} <= set(r.data.params)
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
+        trial_id = r.data.tags["trial_name"].removeprefix("train_trial_")
+        assert steps == list(range(1, int(by_epochs[trial_id]) + 1))
+    (refit,) = [r for r in runs if r.data.tags["mri_tune.kind"] == "refit"]
+    assert refit.data.metrics["test/accuracy"] == pytest.approx(report["metrics"]["test"]["accuracy"])
+    assert refit.data.metrics["test/accuracy_ci95/low"] == pytest.approx(
+        report["metrics"]["test"]["accuracy_ci95"][0]
+    )
+    assert refit.data.params["lr"] == str(report["config"]["lr"])
+    files = {a.path for a in client.list_artifacts(refit.info.run_id)}
+    assert {"report.json", "report.md", "model.pt", "trials.csv", "trial_curves.png", "roc.png"} <= files
+    stored = client.download_artifacts(refit.info.run_id, "model.pt", str(tmp_path / "back"))
+    assert Path(stored).read_bytes() == (run / "model.pt").read_bytes()
+    # Ray Tune's TensorBoard logger writes every trial's results beside its result.json
+    assert len(list((run / "ray" / "tune").glob("train_trial_*/events.out.tfevents.*"))) == 3

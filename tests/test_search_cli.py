@@ -83,6 +83,8 @@ BAD_VALUES = {
     "bad-set": (["--set", "lr=fast"], "--set 'lr=fast': lr must be of type float"),
     "unknown-set": (["--set", "learning_rate=0.1"], "expected KEY=VALUE with KEY one of"),
     "early-rung": (["--space", "resnet_stage2", "--max-epochs", "8", "--grace-period", "2"], "first rung"),
+    "tpe-startup-0": (["--search-alg", "tpe", "--tpe-startup", "0"], "--tpe-startup must be >= 1, got 0"),
+    "empty-mlflow-uri": (["--mlflow", " "], "--mlflow needs a tracking URI, or no value at all"),
 }
 
 
@@ -130,6 +132,30 @@ def test_bad_data_is_refused_before_ray(no_ray, tmp_path, capsys):
     line = run_refused([*BASE, "--data", str(tmp_path / "set"), "--out", str(tmp_path / "run")], capsys)
     assert "found only one class folder (yes/, 3 file(s))" in line
     assert not (tmp_path / "run" / "search.json").exists()
+
+
+def test_an_mlflow_file_store_is_refused_before_ray(no_ray, tmp_path, capsys, monkeypatch):
+    """MLflow 3 refuses plain file stores unless told otherwise; the search says so in one line and what to
+    use instead, before the data is read or Ray starts."""
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    store = tmp_path / "mlruns"
+    line = run_refused([*BASE, "--mlflow", store.as_uri(), "--out", str(tmp_path / "run")], capsys)
+    assert f"--mlflow {store.as_uri()}: the tracking store failed" in line
+    assert "use an SQLite store (sqlite:///PATH/mlflow.db, or --mlflow alone" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_mlflow_alone_means_a_store_in_the_run_folder(tmp_path):
+    from tests.helpers import search_settings
+
+    s = search_settings(*BASE, "--mlflow", "--out", str(tmp_path / "run"))
+    assert s.mlflow == f"sqlite:///{(tmp_path / 'run').resolve()}/mlflow.db"
+    assert s.mlflow_experiment == "run"
+    named = search_settings(
+        *BASE, "--mlflow", "http://127.0.0.1:5000", "--mlflow-experiment", "mri", "--out", "x"
+    )
+    assert (named.mlflow, named.mlflow_experiment) == ("http://127.0.0.1:5000", "mri")
+    assert search_settings(*BASE).mlflow is None
 
 
 def test_resume_of_a_folder_without_a_search_is_refused(no_ray, tmp_path, capsys):

@@ -106,7 +106,7 @@ def test_asha_stops_the_worse_trials_at_the_first_rung():
     s = SearchSettings(space="baseline_cnn", max_epochs=4, grace_period=1, reduction_factor=2)
     sched = make_scheduler(s)
     sched.set_search_properties("val_loss", "min")
-    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
+    trials = [SimpleNamespace(trial_id=f"t{i}", status="PENDING") for i in range(4)]  # new trials
     for t in trials:
         sched.on_trial_add(None, t)
     actions = {}

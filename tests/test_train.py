@@ -106,6 +106,9 @@ def test_resnet50_staged_run(tiny_data, tmp_path):
     )
     assert report["weights_layout"] == "v1"
     assert report["versions"]["code"]  # the revision (or "unknown" outside a git checkout)
+    # every library whose code shapes the numbers, at its exact installed version
+    assert {"torchmetrics", "numpy", "scikit_learn", "pillow", "ray"} <= set(report["versions"])
+    assert "optuna" not in report["versions"]  # optional libraries only where a run used them
     assert torch.load(tmp_path / "model.pt", weights_only=True)["network_hparams"]["layout"] == "v1"
     assert report["epochs_trained"] == 2
     assert report["metrics"]["test"]["n"] == tiny_data.splits.count("test")

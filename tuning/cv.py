@@ -31,6 +31,7 @@ from tuning.cv_text import cv_summary
 from tuning.ray_runtime import share_cache
 from tuning.settings import SearchSettings
 from tuning.split_search import search_split
+from tuning.tracking import log_result
 from tuning.tuner import experiment_path
 
 
@@ -88,6 +89,7 @@ def run_cv(
         done.append(_read_fold(fold_dir))
     report = cv_report(s, data, done, seconds=time.perf_counter() - started, cache=cache)
     write_cv_outputs(report, done, run_dir)
+    log_result(s, report, run_dir, kind="cross-validation")
     print(cv_summary(report, run_dir))
     return report
 

@@ -64,7 +64,7 @@ def cv_report(s: SearchSettings, data: PreparedData, folds: list[dict], *, secon
             "search": round(sum(p["search_s"] or 0 for p in per_fold), 1),
             "refit": round(sum(p["refit_s"] or 0 for p in per_fold), 1),
         },
-        "versions": versions(),
+        "versions": versions(*s.libraries()),
         "artifacts": {
             "predictions": "predictions.csv",
             "split": "split.csv",

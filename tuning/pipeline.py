@@ -17,6 +17,7 @@ from tuning.repeats_report import write_repeats_report
 from tuning.settings import SearchSettings
 from tuning.settings_io import save_settings
 from tuning.split_search import search_split
+from tuning.tracking import log_result, prepare_tracking
 
 LEAKY_WARNING = (
     "--split random: files are split one by one, so duplicates of one scan can sit in train and test. This "
@@ -44,6 +45,7 @@ def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
     check_gpus(s)
     for message in s.warnings():
         warn(message)
+    prepare_tracking(s)  # a bad --mlflow store is one error line, before the data or Ray
     if s.repeats == 1:
         return _run_one(s, resume=resume)
     run_dir = Path(s.run_dir)
@@ -58,7 +60,9 @@ def run_search(s: SearchSettings, *, resume: bool = False) -> dict | None:
         if report is None:
             return None
         reports.append(report)
-    return write_repeats_report(s, reports)
+    report = write_repeats_report(s, reports)
+    log_result(s, report, run_dir, kind="repeats")
+    return report
 
 
 def repeat_settings(s: SearchSettings, seed: int) -> SearchSettings:

@@ -31,6 +31,7 @@ from modules.nifti import SliceChoice
 from modules.scans import read_scan  # the ingest's own rules: the same as training
 from modules.sources import DatasetError, display_path, folder_entries, is_hidden, read_limited
 from modules.transforms import Preprocessing, to_tensor
+from tuning.provenance import versions
 
 CSV_FIELDS = (
     "path",
@@ -234,6 +235,7 @@ def _run_info(model: _Model, rows: list[dict], *, threshold: float, heatmaps: bo
         + ("backbone.layer4" if model.meta["model"] == "resnet50" else "the last conv block's ReLU"),
         "images": len(rows),
         "unreadable": sum(1 for r in rows if r["error"]),
+        "versions": versions(),
         "artifacts": {"predictions": "predictions.csv", "heatmaps": "heatmaps/" if heatmaps else None},
     }
 

@@ -9,6 +9,8 @@ from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# every library whose code shapes a number in a report: training, metrics, decoding, the search
+CORE_LIBRARIES = ("torchmetrics", "numpy", "scikit-learn", "pillow", "ray")
 
 
 @cache
@@ -35,7 +37,17 @@ def code_revision() -> str:
     return head + ("+uncommitted" if dirty else "")
 
 
-def versions() -> dict[str, str]:
+def package_version(name: str) -> str:
+    """The installed version of a distribution, read from its metadata (nothing is imported)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def versions(*used: str) -> dict[str, str]:
+    """The code revision, Python, and the exact version of every core library, plus those named in ``used``
+    (the optional ones a run used: ``optuna`` for a TPE search, ``mlflow`` for tracking, ``onnx`` ...)."""
     import pytorch_lightning
     import torch
     import torchvision
@@ -47,8 +59,7 @@ def versions() -> dict[str, str]:
         "torchvision": str(torchvision.__version__),
         "pytorch_lightning": str(pytorch_lightning.__version__),
     }
-    try:  # read from the installed package, without importing Ray (train and evaluate run without it)
-        out["ray"] = metadata.version("ray")
-    except metadata.PackageNotFoundError:  # pragma: no cover - ray is a dependency
-        out["ray"] = "not installed"
+    # read from the installed packages, without importing them (train and evaluate run without Ray)
+    for name in (*CORE_LIBRARIES, *used):
+        out[name.replace("-", "_")] = package_version(name)
     return out

@@ -16,6 +16,7 @@ from tuning.cli import warn
 from tuning.config import TrainConfig
 from tuning.html_report import write_html_report
 from tuning.plots import plot_confusion, plot_roc, plot_roc_ovr, plot_trial_curves
+from tuning.provenance import versions
 from tuning.search_report import render_markdown, search_block, summary_table, write_trials_csv
 from tuning.settings import SearchSettings
 from tuning.training import run_training
@@ -98,6 +99,7 @@ def _search_extra(
             ),
             "cache": cache_summary(cache, sum(bool(t.get("cached")) for t in trials)),
         },
+        "versions": versions(*s.libraries()),  # the refit's, with the search's optional libraries
     }
 
 

@@ -51,7 +51,7 @@ def repeats_report(s: SearchSettings, reports: list[dict]) -> dict:
         },
         "search": first.get("search", {}),
         "time_s": {"total": round(sum(r["time_s"]["total"] for r in reports), 1)},
-        "versions": versions(),
+        "versions": versions(*s.libraries()),
         "artifacts": {"repeats": [f"repeat-{seed}" for seed in s.split_seeds]},
     }
 

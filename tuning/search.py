@@ -2,7 +2,8 @@
 
 The run folder (``results/<space>-<timestamp>/`` by default) receives ``search.json`` (the settings, for
 ``--resume``), Ray's experiment state under ``ray/``, then ``trials.csv``, ``trial_curves.png``, the refit's
-``model.pt``, ``metrics.csv`` and plots, ``split.csv``, ``report.json`` and ``report.md``.
+``model.pt``, ``metrics.csv`` and plots, ``split.csv``, ``report.json`` and ``report.md`` (with ``--mlflow``
+alone also ``mlflow.db`` and ``mlartifacts/``, the MLflow store).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from modules.files import atomic_write_text
 from tuning.formatting import fmt_ci, fmt_config, is_binary, metric_rows, metrics_markdown
+from tuning.search_alg import search_alg_info
 from tuning.settings import SearchSettings
 
 
@@ -151,7 +152,8 @@ def render_markdown(report: dict, trials: list[dict]) -> str:
         "## Search",
         "",
         f"ASHA on {s['metric']} (max {s['scheduler']['max_t']} epochs, grace period {s['scheduler']['grace_period']}, "
-        f"reduction factor {s['scheduler']['reduction_factor']}), {s['num_samples']} samples, seed {s['seed']}, "
+        f"reduction factor {s['scheduler']['reduction_factor']}), {s['num_samples']} samples drawn by "
+        f"{alg_text(s.get('search_alg'))}, seed {s['seed']}, "
         f"{s['wall_time_s']:.0f} s. Best trial `{report['best_trial']['trial_id']}`: "
         f"{fmt_config(report['best_trial']['config'])}; refit for {report['config']['max_epochs']} epochs.",
         "",
@@ -185,6 +187,16 @@ def _time_split_lines(s: dict) -> list[str]:
     ]
 
 
+def alg_text(alg: dict | None) -> str:
+    """How the configs were drawn, in words (reports written before the choice existed drew them at random)."""
+    if not alg or alg["name"] == "random":
+        return "random search"
+    return (
+        f"Optuna's TPE ({alg['n_startup_trials']} random start-up trials, at most {alg['max_concurrent']} "
+        "trials at once)"
+    )
+
+
 def search_block(s: SearchSettings, trials: list[dict], seconds: float, *, images_per_epoch: int) -> dict:
     statuses = [t["status"] for t in trials]
     rates = sorted(images_per_epoch * t["iterations"] / t["time_s"] for t in trials if t["time_s"] > 0)
@@ -198,6 +210,7 @@ def search_block(s: SearchSettings, trials: list[dict], seconds: float, *, image
             "grace_period": s.grace_period,
             "reduction_factor": s.reduction_factor,
         },
+        "search_alg": search_alg_info(s),
         "metric": s.metric,
         "refit_on": s.refit_on,
         "num_samples": s.num_samples,

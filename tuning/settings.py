@@ -19,6 +19,9 @@ LOCALHOSTS = ("127.0.0.1", "localhost", "::1")
 # the TrainConfig fields that search takes as flags of their own; any other is given with --set KEY=VALUE
 MODEL_FLAGS = ["weights", "weights_layout", "image_size", "resize", "batch_size", "precision"]
 TUNING, SPEED, CLUSTER, OUTPUT = "tuning", "speed", "resources and cluster", "output"
+SEARCH_ALGS = ("random", "tpe")
+# ``--mlflow`` without a URI: an SQLite store in the run folder (MLflow 3 refuses plain file stores by default)
+LOCAL_MLFLOW = "local"
 
 
 def setting(default, help: str, group: str, **kwargs):
@@ -65,6 +68,19 @@ class SearchSettings(DataOptions):
     reduction_factor: int = setting(2, "ASHA's reduction factor", TUNING)
     metric: str = setting("val/loss", "ranking metric", TUNING, choices=list(RANK_METRICS))
     seed: int = setting(0, "seed of the sampler and of every trial", TUNING)
+    search_alg: str = setting(
+        "random",
+        "how configs are drawn: random (Ray's seeded random sampler) or tpe (Optuna's TPE through Ray's "
+        "OptunaSearch, seeded by --seed, at most --max-concurrent trials at once); ASHA stops trials either way",
+        TUNING,
+        choices=list(SEARCH_ALGS),
+    )
+    tpe_startup: int = setting(
+        10,
+        "with --search-alg tpe: trials drawn at random before TPE models the results (Optuna's n_startup_trials)",
+        TUNING,
+        metavar="N",
+    )
     max_failures: int = setting(1, "retries of a failing trial", TUNING)
     ensemble: int = setting(
         1,
@@ -111,6 +127,20 @@ class SearchSettings(DataOptions):
     run_dir: str = setting(
         "", "run folder (must not exist)", OUTPUT, flag="--out", default_text="results/<space>-<timestamp>/"
     )
+    mlflow: str | None = setting(
+        None,
+        "log every trial (parameters, per-epoch metrics) and the refit (test metrics, report, plots, model.pt) to "
+        "this MLflow tracking URI; given alone: an SQLite store in the run folder (mlflow.db, artifacts in "
+        "mlartifacts/)",
+        OUTPUT,
+        metavar="URI",
+        nargs="?",
+        const=LOCAL_MLFLOW,
+        default_text="off",
+    )
+    mlflow_experiment: str | None = setting(
+        None, "MLflow experiment of the runs", OUTPUT, metavar="NAME", default_text="the run folder's name"
+    )
     base: dict = field(default_factory=dict)  # TrainConfig values the space does not sample
     overrides: list = field(default_factory=list)  # keys given with --set: they replace a space's constants
     command: str = ""
@@ -131,6 +161,11 @@ class SearchSettings(DataOptions):
         early = self.early_rung()
         if early and not self.allow_early_rung:
             raise ValueError(early + ", or pass --allow-early-rung to accept it")
+        if self.search_alg == "tpe" and not any(is_sampled(v) for v in spec.values()):
+            raise SpaceError(
+                f"--search-alg tpe models sampled hyperparameters, and space {self.space!r} samples none "
+                "(every entry is a constant); use --search-alg random or a space with a sampler"
+            )
 
     @property
     def rank(self) -> tuple[str, str]:
@@ -168,6 +203,10 @@ class SearchSettings(DataOptions):
             f"on stage-1 results alone. Use --grace-period >= {latest + 1}"
         )
 
+    def libraries(self) -> tuple[str, ...]:
+        """The optional libraries this search uses; their versions join those its reports record."""
+        return (("optuna",) if self.search_alg == "tpe" else ()) + (("mlflow",) if self.mlflow else ())
+
     def warnings(self) -> list[str]:
         """What the user should hear before the search starts (said once per search, not per fold)."""
         out = []
@@ -177,6 +216,12 @@ class SearchSettings(DataOptions):
         early = self.early_rung()
         if early:
             out.append(early)
+        if self.search_alg == "tpe" and self.tpe_startup >= self.num_samples:
+            out.append(
+                f"--search-alg tpe draws its first {self.tpe_startup} trials at random (--tpe-startup) and the "
+                f"search has {self.num_samples}: no trial is chosen by TPE; raise --num-samples or lower "
+                "--tpe-startup"
+            )
         return out
 
 
@@ -218,6 +263,12 @@ def check_ranges(s: SearchSettings) -> None:
             f"need --cache-views >= 1 and --cache-max-gb > 0, got {s.cache_views}, {s.cache_max_gb}",
         ),
         (s.metric in RANK_METRICS, f"--metric must be val/loss or val/auroc, got {s.metric}"),
+        (
+            s.search_alg in SEARCH_ALGS,
+            f"--search-alg must be one of {', '.join(SEARCH_ALGS)}, got {s.search_alg!r}",
+        ),
+        (s.tpe_startup >= 1, f"--tpe-startup must be >= 1, got {s.tpe_startup}"),
+        (s.mlflow is None or s.mlflow.strip() != "", "--mlflow needs a tracking URI, or no value at all"),
         (s.refit_on in ("train", "train+val"), f"--refit-on must be train or train+val, got {s.refit_on!r}"),
         (not s.final or s.cv == 0, "--final fits one model on every image; expected no --cv"),
         (

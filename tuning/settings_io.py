@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tuning.config import FIELD_TYPES
-from tuning.settings import SearchSettings
+from tuning.settings import LOCAL_MLFLOW, SearchSettings
 
 
 def parse_set(items: list[str]) -> dict:
@@ -32,6 +32,11 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
+def local_mlflow_uri(run_dir: str) -> str:
+    """The tracking URI of ``--mlflow`` given alone: an SQLite store in the run folder, by absolute path."""
+    return "sqlite:///" + str((Path(run_dir) / "mlflow.db").resolve())
+
+
 def settings_from_flags(values: dict, model: dict, set_items: list[str], argv: list[str]) -> SearchSettings:
     """Settings from the parsed flags: ``values`` (SearchSettings fields), ``model`` (the MODEL_FLAGS
     TrainConfig fields; ``resize`` None: 8/7 of ``image_size``), ``--set`` items and the command line."""
@@ -47,6 +52,14 @@ def settings_from_flags(values: dict, model: dict, set_items: list[str], argv: l
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         name = Path(space).stem if space.endswith(".json") else space
         values = {**values, "run_dir": str(Path("results") / f"{name}-{stamp}")}
+    if values.get("mlflow"):
+        values = {
+            **values,
+            "mlflow": local_mlflow_uri(values["run_dir"])
+            if values["mlflow"] == LOCAL_MLFLOW
+            else values["mlflow"],
+            "mlflow_experiment": values["mlflow_experiment"] or Path(values["run_dir"]).name,
+        }
     return SearchSettings(
         **values, base=base, overrides=sorted(fixed), command="python -m tuning.search " + shlex.join(argv)
     )

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 from modules.dataset import PreparedData
 from modules.weights import WeightsState
 from tuning.ray_runtime import StoredCache, start_ray
 from tuning.refit import refit_and_report
 from tuning.settings import SearchSettings
+from tuning.tracking import log_result
 from tuning.tuner import count_unfinished, make_tuner
 
 
@@ -41,7 +43,7 @@ def search_split(
             f"Finish it with:\n  python -m tuning.search --resume {resume_dir or s.run_dir}"
         )
         raise KeyboardInterrupt
-    return refit_and_report(
+    report = refit_and_report(
         s,
         data,
         grid,
@@ -50,3 +52,6 @@ def search_split(
         cache=cache.local if cache is not None else None,
         test_outputs=test_outputs,
     )
+    if report is not None:
+        log_result(s, report, Path(s.run_dir), kind="refit")
+    return report

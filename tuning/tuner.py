@@ -8,15 +8,16 @@ import os
 from pathlib import Path
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import BasicVariantGenerator
 
 from modules.dataset import PreparedData
 from modules.weights import WeightsState
 from search_spaces import to_tune
+from tuning.asha import ResumableASHA
 from tuning.progress import TrialEvents
 from tuning.ray_runtime import StoredCache
+from tuning.search_alg import make_search_alg
 from tuning.settings import SearchSettings, is_sampled
+from tuning.tracking import trial_callbacks
 from tuning.trainable import SharedCache, trainable
 
 EXPERIMENT = "tune"
@@ -31,9 +32,10 @@ def experiment_path(s: SearchSettings) -> str:
     return os.path.join(storage_path(s), EXPERIMENT)
 
 
-def make_scheduler(s: SearchSettings) -> ASHAScheduler:
-    """ASHA over epochs (one Tune iteration per epoch); metric and mode come from the TuneConfig."""
-    return ASHAScheduler(
+def make_scheduler(s: SearchSettings) -> ResumableASHA:
+    """ASHA over epochs (one Tune iteration per epoch); metric and mode come from the TuneConfig. Its rung
+    records are rebuilt when the experiment is restored (``tuning.asha``)."""
+    return ResumableASHA(
         time_attr="training_iteration",
         max_t=s.max_epochs,
         grace_period=s.grace_period,
@@ -59,6 +61,8 @@ def make_tuner(
     fn = trainable(data.trial_data(exclude_test=True), base, weights, resources, cache=shared)
     path = experiment_path(s)
     if resume and tune.Tuner.can_restore(path):
+        # the scheduler, searcher and callbacks come back from the saved experiment; ASHA's rung records are
+        # rebuilt from the finished trials' results
         print(f"resuming the search in {path}: finished trials are kept, unfinished ones start again")
         return tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
     # one line per trial event; Ray's own status tables instead with --verbose
@@ -79,8 +83,7 @@ def make_tuner(
             scheduler=make_scheduler(s),
             num_samples=s.num_samples,
             reuse_actors=True,
-            # the generator seeds the sampled configs and also enforces the concurrency limit
-            search_alg=BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent),
+            search_alg=make_search_alg(s),
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT,
@@ -88,7 +91,7 @@ def make_tuner(
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=1 if s.verbose else 0,
-            callbacks=[] if s.verbose else [events],
+            callbacks=[*trial_callbacks(s), *([] if s.verbose else [events])],
         ),
     )
 
