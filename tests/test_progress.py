@@ -46,3 +46,16 @@ def test_a_failed_trial_counts_as_done_and_says_so():
     events.on_trial_error(0, [], t)
     assert lines[0].endswith("started: the fixed config")
     assert len(lines) == 2 and "FAILED" in lines[1] and "1/3 trials done" in lines[1]
+
+
+def test_the_callback_pickles_while_print_is_patched(monkeypatch, capsys):
+    # Tune pickles its callbacks with the experiment state; some runtimes replace builtins.print
+    import builtins
+    import pickle
+
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: None)
+    events = TrialEvents(total=1, sampled=["lr"], metric="val_loss", mode="min", max_epochs=1)
+    restored = pickle.loads(pickle.dumps(events))
+    monkeypatch.undo()
+    restored.on_trial_start(0, [], trial("c_00000", {"lr": 0.5}))
+    assert "trial c_00000 started: lr=0.5" in capsys.readouterr().out

@@ -38,9 +38,11 @@ class TrialEvents(tune.Callback):
         mode: str,
         max_epochs: int,
         concurrency: int = 1,
-        write: Callable[[str], None] = print,
+        write: Callable[[str], None] | None = None,
     ) -> None:
         self.total, self.sampled, self.metric, self.mode = total, sorted(sampled), metric, mode
+        # None: print. Not stored as ``print`` itself: Tune pickles its callbacks with the experiment, and a
+        # patched builtins.print (as test runners and notebooks install) is not the object pickle can name
         self.max_epochs, self.concurrency, self.write = max_epochs, max(1, concurrency), write
         self.started = time.monotonic()
         self.done = 0
@@ -49,7 +51,7 @@ class TrialEvents(tune.Callback):
         self.best: dict[str, float] = {}
 
     def _line(self, trial, text: str) -> None:
-        self.write(f"[{time.monotonic() - self.started:6.0f} s] trial {trial.trial_id} {text}")
+        (self.write or print)(f"[{time.monotonic() - self.started:6.0f} s] trial {trial.trial_id} {text}")
 
     def _better(self, value: float, best: float | None) -> bool:
         return best is None or (value < best if self.mode == "min" else value > best)
