@@ -54,7 +54,7 @@ def search_fold(fold: PreparedData, full: PreparedData, run_dir, space: str) -> 
     report = search_split(s, fold, spec, weights, cache, resume=False, test_outputs=outputs)
     with open(run_dir / "trials.csv", newline="") as fh:
         trials = [
-            {k: v for k, v in row.items() if k not in ("trial_id", "time_s", "node_id")}
+            {k: v for k, v in row.items() if k not in ("trial_id", "time_s", "compute_s", "node_id")}
             for row in csv.DictReader(fh)
         ]
     return report, trials, outputs
