@@ -15,6 +15,11 @@ from torchvision.models import resnet50
 from modules.weights import LAYOUTS, load_resnet50_weights
 
 NETWORK_KINDS = ("cnn", "resnet50")
+# ResNet50's bottleneck blocks, bottom to top, as backbone submodule names (layer1: 3, layer2: 4, layer3: 6,
+# layer4: 3); staged fine-tuning counts the blocks it unfreezes from the top of this list
+STAGE_BLOCKS = {"layer1": 3, "layer2": 4, "layer3": 6, "layer4": 3}
+BLOCK_NAMES = tuple(f"{stage}.{i}" for stage, n in STAGE_BLOCKS.items() for i in range(n))
+MAX_UNFREEZE_BLOCKS = len(BLOCK_NAMES)
 _OPTIONS = {
     "cnn": ("in_channels", "width", "depth", "dropout", "fc_hidden", "fc_dropout"),
     "resnet50": ("weights", "dropout", "layout"),
@@ -37,6 +42,14 @@ def _check_prob(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
     return float(value)
+
+
+def depth_blocks(depth: int) -> int:
+    """The number of bottleneck blocks in the last ``depth`` residual stages: 1 -> 3 (layer4), 2 -> 9,
+    3 -> 13, 4 -> 16 (every block; unfreezing them all also unfreezes the stem, as depth 4 does)."""
+    stages = tuple(STAGE_BLOCKS)
+    _check_int("unfreeze depth", depth, 1, len(stages))
+    return sum(STAGE_BLOCKS[name] for name in stages[-depth:])
 
 
 class PyTorchCNN(nn.Module):
@@ -137,6 +150,19 @@ class ResNet50Classifier(nn.Module):
     def stage_modules(self, depth: int) -> list[nn.Module]:
         """The backbone submodules named by ``stage_names(depth)`` (depth 4 includes the conv1/bn1 stem)."""
         return [getattr(self.backbone, name) for name in self.stage_names(depth)]
+
+    @classmethod
+    def block_names(cls, blocks: int) -> tuple[str, ...]:
+        """Backbone submodule names of the last ``blocks`` bottleneck blocks, bottom to top (``"layer3.5"``,
+        ``"layer4.0"``, ...): 1 = layer4[2] ... 16 = every block plus the conv1/bn1 stem. The last 3, 9 and 13
+        blocks hold exactly the parameters of ``stage_names`` depth 1, 2 and 3."""
+        _check_int("unfreeze blocks", blocks, 1, MAX_UNFREEZE_BLOCKS)
+        names = BLOCK_NAMES[-blocks:]
+        return cls.STEM + names if blocks == MAX_UNFREEZE_BLOCKS else names
+
+    def block_modules(self, blocks: int) -> list[nn.Module]:
+        """The backbone submodules named by ``block_names(blocks)`` (16 includes the conv1/bn1 stem)."""
+        return [self.backbone.get_submodule(name) for name in self.block_names(blocks)]
 
 
 def build_network(kind: str, *, num_classes: int = 2, **hparams: object) -> nn.Module:

@@ -198,6 +198,59 @@ def test_unfreeze_depth_trains_exactly_its_stages(tmp_path, depth):
     assert changed(initial, snapshot(model)) == head | unfrozen | buffers
 
 
+# the last k bottleneck blocks, written out (layer1: 3 blocks, layer2: 4, layer3: 6, layer4: 3)
+LAST_BLOCKS = {
+    1: ("layer4.2",),
+    3: ("layer4.0", "layer4.1", "layer4.2"),
+    4: ("layer3.5", "layer4.0", "layer4.1", "layer4.2"),
+    9: tuple(f"layer3.{i}" for i in range(6)) + ("layer4.0", "layer4.1", "layer4.2"),
+}
+
+
+def trained_in_stage2(tmp_path, **unfreeze) -> tuple[ClassifierModule, pl.Trainer, dict]:
+    """A module after one stage-2 epoch (without freeze_bn_stats), with its weights before it."""
+    model = module()
+    initial = snapshot(model)
+    staged = StagedFineTuning(stage2_epoch=0, backbone_lr=BACKBONE_LR, freeze_bn_stats=False, **unfreeze)
+    return model, fit(model, [staged], max_epochs=1, tmp_path=tmp_path), initial
+
+
+@pytest.mark.parametrize("blocks", sorted(LAST_BLOCKS))
+def test_unfreeze_blocks_trains_exactly_the_last_blocks(tmp_path, blocks):
+    model, trainer, initial = trained_in_stage2(tmp_path, unfreeze_depth=2, unfreeze_blocks=blocks)
+
+    prefixes = tuple(f"backbone.{name}." for name in LAST_BLOCKS[blocks])
+    head, unfrozen = param_names(model, ("head.",)), param_names(model, prefixes)
+    assert {n for n, p in model.network.named_parameters() if p.requires_grad} == head | unfrozen
+    assert group_names(model, trainer.optimizers[0]) == [head, unfrozen]
+    assert [g["lr"] for g in trainer.optimizers[0].param_groups] == [HEAD_LR, BACKBONE_LR]
+    # the batch norm of exactly those blocks trains (its running statistics move); nothing else does
+    buffers = {k for k in initial if k.startswith(prefixes) and k not in unfrozen}
+    assert buffers and all(
+        k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked") for k in buffers
+    )
+    assert changed(initial, snapshot(model)) == head | unfrozen | buffers
+
+
+@pytest.mark.parametrize(("blocks", "depth"), [(3, 1), (9, 2), (16, 4)])
+def test_unfreeze_blocks_of_whole_stages_train_what_the_depth_trains(tmp_path, blocks, depth):
+    by_blocks, blocks_trainer, _ = trained_in_stage2(tmp_path, unfreeze_depth=1, unfreeze_blocks=blocks)
+    by_depth, depth_trainer, _ = trained_in_stage2(tmp_path, unfreeze_depth=depth)
+    assert group_names(by_blocks, blocks_trainer.optimizers[0]) == group_names(
+        by_depth, depth_trainer.optimizers[0]
+    )
+    assert changed(snapshot(by_blocks), snapshot(by_depth)) == set()  # the same step, bit for bit
+
+
+def test_unfreeze_blocks_with_frozen_bn_stats_keeps_every_running_statistic(tmp_path):
+    model = module()
+    initial = snapshot(model)
+    staged = StagedFineTuning(stage2_epoch=0, unfreeze_depth=1, unfreeze_blocks=4, backbone_lr=BACKBONE_LR)
+    fit(model, [staged], max_epochs=1, tmp_path=tmp_path)
+    prefixes = tuple(f"backbone.{name}." for name in LAST_BLOCKS[4])
+    assert changed(initial, snapshot(model)) == param_names(model, ("head.", *prefixes))
+
+
 def test_without_freeze_bn_stats_the_unfrozen_statistics_update_after_a_frozen_first_stage(tmp_path):
     # stage 1 puts every batch norm in eval mode and Lightning keeps each submodule's mode across validation:
     # from stage 2 on, the unfrozen stage's batch norm must train again
@@ -224,17 +277,24 @@ def test_stage2_after_last_epoch_never_unfreezes(tmp_path):
     assert len(trainer.optimizers[0].param_groups) == 1
 
 
-def test_resume_in_stage2_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize(
+    ("blocks", "unfrozen"), [(0, ("backbone.layer4.",)), (4, ("backbone.layer3.5.", "backbone.layer4."))]
+)
+def test_resume_in_stage2_matches_an_uninterrupted_run(tmp_path, blocks, unfrozen):
     ckpt = tmp_path / "epoch1.ckpt"
     model = module("cosine")
-    staged = StagedFineTuning(stage2_epoch=1, unfreeze_depth=1, backbone_lr=BACKBONE_LR)
+    staged = StagedFineTuning(
+        stage2_epoch=1, unfreeze_depth=1, unfreeze_blocks=blocks, backbone_lr=BACKBONE_LR
+    )
     fit(model, [staged, SaveAt(1, ckpt)], max_epochs=3, tmp_path=tmp_path)
 
     resumed = module("cosine")
-    staged = StagedFineTuning(stage2_epoch=1, unfreeze_depth=1, backbone_lr=BACKBONE_LR)
+    staged = StagedFineTuning(
+        stage2_epoch=1, unfreeze_depth=1, unfreeze_blocks=blocks, backbone_lr=BACKBONE_LR
+    )
     trainer = fit(resumed, [staged], max_epochs=3, tmp_path=tmp_path, ckpt_path=ckpt)
-    head, layer4 = param_names(resumed, ("head.",)), param_names(resumed, ("backbone.layer4.",))
-    assert group_names(resumed, trainer.optimizers[0]) == [head, layer4]
+    head, backbone = param_names(resumed, ("head.",)), param_names(resumed, unfrozen)
+    assert group_names(resumed, trainer.optimizers[0]) == [head, backbone]
     assert changed(snapshot(model), snapshot(resumed)) == set()
 
 
@@ -245,12 +305,37 @@ def test_resume_with_another_depth_is_refused():
 
 
 @pytest.mark.parametrize(
+    ("saved", "blocks", "message"),
+    [
+        ({"unfreeze_blocks": 4}, 5, "unfreeze_blocks=4; cannot resume it with unfreeze_blocks=5"),
+        ({"unfreeze_blocks": 4}, 0, "unfreeze_blocks=4; cannot resume it with unfreeze_depth=1"),
+        ({"unfreeze_blocks": 0}, 3, "unfreeze_depth=1; cannot resume it with unfreeze_blocks=3"),
+        ({}, 3, "unfreeze_depth=1; cannot resume it with unfreeze_blocks=3"),  # written before the option
+    ],
+)
+def test_resume_with_other_blocks_is_refused(saved, blocks, message):
+    staged = StagedFineTuning(stage2_epoch=1, unfreeze_depth=1, unfreeze_blocks=blocks, backbone_lr=1e-4)
+    assert staged.state_dict()["unfreeze_blocks"] == blocks
+    with pytest.raises(ValueError, match=message):
+        staged.load_state_dict({"unfrozen": True, "unfreeze_depth": 1, "stage2_epoch": 1, **saved})
+
+
+def test_resume_with_the_same_blocks_is_accepted_whatever_the_depth():
+    saved = StagedFineTuning(stage2_epoch=1, unfreeze_depth=2, unfreeze_blocks=4, backbone_lr=1e-4)
+    staged = StagedFineTuning(stage2_epoch=1, unfreeze_depth=1, unfreeze_blocks=4, backbone_lr=1e-4)
+    staged.load_state_dict({**saved.state_dict(), "unfrozen": True})  # blocks > 0: the depth trains nothing
+
+
+@pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"stage2_epoch": -1}, "stage2_epoch must be an integer >= 0, got -1"),
         ({"unfreeze_depth": 5}, r"unfreeze_depth must be an integer in 1..4, got 5"),
         ({"unfreeze_depth": 0}, r"unfreeze_depth must be an integer in 1..4, got 0"),
         ({"unfreeze_depth": 1.0}, r"unfreeze_depth must be an integer in 1..4, got 1.0"),
+        ({"unfreeze_blocks": 17}, r"unfreeze_blocks must be an integer in 0..16 \(0: whole stages"),
+        ({"unfreeze_blocks": -1}, r"unfreeze_blocks must be an integer in 0..16 .*, got -1"),
+        ({"unfreeze_blocks": 2.0}, r"unfreeze_blocks must be an integer in 0..16 .*, got 2.0"),
         ({"backbone_lr": 0}, "backbone_lr must be a number > 0, got 0"),
     ],
 )

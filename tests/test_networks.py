@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from modules import weights
-from modules.networks import PyTorchCNN, ResNet50Classifier, build_network
+from modules.networks import PyTorchCNN, ResNet50Classifier, build_network, depth_blocks
 from modules.transforms import Preprocessing, build_transform
 from modules.weights import WeightsError, calibrate_batch_norm, load_resnet50_weights, resolve_weights
 
@@ -90,6 +90,37 @@ def test_stage_modules_are_the_last_stages(resnet, depth, names):
 def test_stage_modules_rejects_bad_depth(resnet):
     with pytest.raises(ValueError, match="in 1..4, got 5"):
         resnet.stage_modules(5)
+
+
+@pytest.mark.parametrize(
+    ("blocks", "names"),
+    [
+        (1, ("layer4.2",)),
+        (2, ("layer4.1", "layer4.2")),
+        (4, ("layer3.5", "layer4.0", "layer4.1", "layer4.2")),
+        (14, ("layer1.2", *(f"layer2.{i}" for i in range(4)), *(f"layer3.{i}" for i in range(6)),
+              "layer4.0", "layer4.1", "layer4.2")),
+    ],
+)  # fmt: skip
+def test_block_modules_are_the_last_blocks_bottom_to_top(resnet, blocks, names):
+    assert resnet.block_names(blocks) == names
+    assert resnet.block_modules(blocks) == [getattr(resnet.backbone, n[:6])[int(n[7:])] for n in names]
+
+
+@pytest.mark.parametrize(("depth", "blocks"), [(1, 3), (2, 9), (3, 13), (4, 16)])
+def test_the_blocks_of_whole_stages_hold_exactly_their_parameters(resnet, depth, blocks):
+    assert depth_blocks(depth) == blocks
+
+    def params(modules):
+        return [id(p) for m in modules for p in m.parameters()]
+
+    assert params(resnet.block_modules(blocks)) == params(resnet.stage_modules(depth))
+
+
+@pytest.mark.parametrize("blocks", [0, 17, 2.0])
+def test_block_modules_rejects_bad_counts(resnet, blocks):
+    with pytest.raises(ValueError, match=rf"unfreeze blocks must be an integer in 1..16, got {blocks!r}"):
+        resnet.block_modules(blocks)
 
 
 def test_build_network_kinds_and_errors():
