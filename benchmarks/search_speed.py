@@ -203,6 +203,7 @@ def step_rates(args, depths: list[int], *, batch: int = 16) -> dict[str, float]:
 
     from benchmarks.train_throughput import autocast_for, build_row, time_row
     from modules.feature_cache import POOLED, cut_shape
+    from modules.networks import depth_blocks
 
     torch.set_num_threads(max(1, int(args.cpus_per_trial)))
     device = torch.device("cuda" if args.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
@@ -227,7 +228,7 @@ def step_rates(args, depths: list[int], *, batch: int = 16) -> dict[str, float]:
         "cached/eval1": rate("stage1", (POOLED,), cached=True, train=False),
     }
     for d in depths:
-        cut = cut_shape(d, args.image_size)
+        cut = cut_shape(depth_blocks(d), args.image_size)
         rates[f"plain/stage2/{d}"] = rate(f"stage2-d{d}", images)
         rates[f"cached/stage2/{d}"] = rate(f"stage2-d{d}", cut, cached=True)
         rates[f"cached/eval/{d}"] = rate(f"stage2-d{d}", cut, cached=True, train=False)

@@ -22,7 +22,7 @@ import torch
 from modules.cached_training import CachedTail
 from modules.finetune import add_param_group, frozen_bn_modules, set_trainable, unfreeze_stages
 from modules.lit_module import ClassifierModule
-from modules.networks import build_network
+from modules.networks import build_network, depth_blocks
 
 ROWS = ("cnn", "stage1", "stage2-d1", "stage2-d2", "stage2-d3", "stage2-d4")
 DTYPES = ("fp32", "bf16")
@@ -58,7 +58,7 @@ def build_row(
         return module, module.configure_optimizers()
     network = build_network("resnet50", weights="none", dropout=0.3)
     depth = int(row[-1]) if row.startswith("stage2-d") else 1
-    model = CachedTail(network, depth) if cached else network
+    model = CachedTail(network, depth_blocks(depth)) if cached else network
     module = ClassifierModule(network=model, lr=1e-3, channels_last=True).to(device).train()
     set_trainable([network.backbone], False)
     optimizer = module.configure_optimizers()  # head only, as in stage 1

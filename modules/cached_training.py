@@ -14,36 +14,45 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from modules.feature_cache import CUT_AFTER, FeatureCache
+from modules.feature_cache import CUT_BLOCKS, FeatureCache
 
 
 class CachedTail(nn.Module):
-    """The part of a ``ResNet50Classifier`` above the cut for unfreeze depth ``depth``, sharing its modules.
+    """The part of a ``ResNet50Classifier`` above the cut below its last ``blocks`` bottleneck blocks (3, 9,
+    13 for unfreeze depth 1, 2, 3: ``modules.networks.depth_blocks``), sharing its modules.
 
     Input ``(N, 2048)`` pooled features: the head alone (stage 1). Input ``(N, C, H, W)`` cut activations: the
-    stages above the cut, average pooling, then the head (stage 2). It keeps ``backbone``, ``head`` and
-    ``stage_modules`` so that ``StagedFineTuning`` freezes and unfreezes it exactly as the full network.
+    blocks above the cut, average pooling, then the head (stage 2). It keeps ``backbone``, ``head``,
+    ``stage_modules`` and ``block_modules`` so that ``StagedFineTuning`` freezes and unfreezes it exactly as
+    the full network.
     """
 
-    def __init__(self, network: nn.Module, depth: int) -> None:
+    def __init__(self, network: nn.Module, blocks: int) -> None:
         super().__init__()
-        if depth not in CUT_AFTER:
-            raise ValueError(f"no cut for unfreeze depth {depth}; cached depths are {sorted(CUT_AFTER)}")
+        if blocks not in CUT_BLOCKS:
+            raise ValueError(
+                f"no cut below the last {blocks!r} blocks; cuts exist for {CUT_BLOCKS[0]}..{CUT_BLOCKS[-1]} "
+                "trainable blocks"
+            )
         self.backbone = network.backbone
         self.head = network.head
         self.layout = network.layout
         self._stage_modules = network.stage_modules
-        self.depth = depth
-        self.tail_names = network.stage_names(depth)
+        self._block_modules = network.block_modules
+        self.blocks = blocks
+        self.tail_names = network.block_names(blocks)
 
     def stage_modules(self, depth: int) -> list[nn.Module]:
         return self._stage_modules(depth)
+
+    def block_modules(self, blocks: int) -> list[nn.Module]:
+        return self._block_modules(blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 2:
             return self.head(x)
         for name in self.tail_names:
-            x = getattr(self.backbone, name)(x)
+            x = self.backbone.get_submodule(name)(x)
         return self.head(torch.flatten(self.backbone.avgpool(x), 1))
 
 
@@ -84,14 +93,14 @@ def _batch_as_is(batch):
 
 
 class CachedDataModule(pl.LightningDataModule):
-    """Loaders over a ``FeatureCache``: pooled features before ``stage2_epoch``, cut activations from then on
-    (use with ``reload_dataloaders_every_n_epochs=1``)."""
+    """Loaders over a ``FeatureCache``: pooled features before ``stage2_epoch``, from then on the activations of
+    the cut below the last ``blocks`` blocks (use with ``reload_dataloaders_every_n_epochs=1``)."""
 
     def __init__(
-        self, cache: FeatureCache, *, depth: int, stage2_epoch: int, batch_size: int = 16, seed: int = 0
+        self, cache: FeatureCache, *, blocks: int, stage2_epoch: int, batch_size: int = 16, seed: int = 0
     ):
         super().__init__()
-        self.cache, self.depth, self.stage2_epoch = cache, depth, stage2_epoch
+        self.cache, self.blocks, self.stage2_epoch = cache, blocks, stage2_epoch
         self.batch_size, self.seed = batch_size, seed
 
     def _epoch(self) -> int:
@@ -101,12 +110,12 @@ class CachedDataModule(pl.LightningDataModule):
         epoch = self._epoch()
         if epoch < self.stage2_epoch:
             return "pooled"
-        if self.depth not in self.cache.train_cut:
+        if self.blocks not in self.cache.train_cut:
             raise ValueError(
-                f"stage 2 starts at epoch {epoch} with unfreeze depth {self.depth}, but the cache holds only "
-                f"the cuts for depths {list(self.cache.depths)}"
+                f"stage 2 starts at epoch {epoch} training the last {self.blocks} blocks, but the cache holds "
+                f"only the cuts below the last {list(self.cache.blocks)} blocks"
             )
-        return self.depth
+        return self.blocks
 
     def _loader(self, split: str) -> DataLoader:
         array, rows = self.cache.rows(self._key(), split)

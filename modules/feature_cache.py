@@ -1,12 +1,16 @@
 """Compute the frozen part of a ResNet50 once per experiment, so that trials train only the unfrozen part.
 
-In a staged trial the layers below the first unfrozen stage never train and always run in eval mode (batch-norm
+In a staged trial the layers below the first unfrozen block never train and always run in eval mode (batch-norm
 statistics frozen, no dropout), so their output is a fixed function of the input image. The cache stores, for
 K augmented views of every training image and the evaluation view of every val/test image:
 
 * ``pooled``: the backbone's pooled 2048 features (all a stage-1 epoch needs: the head alone trains on them);
-* ``cut[d]``: the activations at the input of the first unfrozen stage for unfreeze depth ``d`` (1: layer3's
-  output, the input of layer4; 2: layer2's output; 3: layer1's output). Depth 4 unfreezes everything: no cut.
+* ``cut[b]``: the activations at the input of the first unfrozen block when the last ``b`` bottleneck blocks
+  train (1: layer4[1]'s output; 3: layer3's output, the input of layer4; 4: layer3[4]'s output).
+
+A cut is named by the number of trainable blocks above it, whole stages included: unfreeze depth 1, 2, 3 is the
+cut of 3, 9, 13 blocks (``modules.networks.depth_blocks``). All 16 blocks (or depth 4) also train the stem: no
+cut.
 
 Values are stored as float16 NumPy arrays (compact, and shared zero-copy through Ray's object store);
 ``modules.cached_training`` trains on them. This module needs torch only (never Ray).
@@ -23,11 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from modules.networks import BLOCK_NAMES, MAX_UNFREEZE_BLOCKS, STAGE_BLOCKS
 from modules.transforms import Preprocessing, build_transform, to_tensor
 
-CUT_AFTER = {1: "layer3", 2: "layer2", 3: "layer1"}  # unfreeze depth -> backbone stage whose output is cached
-CHANNELS = {"layer1": 256, "layer2": 512, "layer3": 1024}
-STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16}
+# the trainable blocks above a cut: 1..15 (all 16 also train the stem: no cut)
+CUT_BLOCKS = tuple(range(1, MAX_UNFREEZE_BLOCKS))
+# channels and stride of every block's output, by stage (in both layouts a stage's blocks share its stride)
+CHANNELS = {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
+STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 POOLED = 2048
 BYTES = 2  # float16
 SPLITS = ("train", "val", "test")
@@ -38,15 +45,28 @@ class CacheTooLarge(ValueError):
     """The cache would exceed the allowed size; the message gives both and how to proceed."""
 
 
-def cut_shape(depth: int, image_size: int) -> tuple[int, int, int]:
-    layer = CUT_AFTER[depth]
-    side = -(-image_size // STRIDE[layer])  # ceil: torchvision's convolutions pad
-    return (CHANNELS[layer], side, side)
+def cut_after(blocks: int) -> str:
+    """The backbone block whose output is cached for training the last ``blocks`` blocks (the input of the
+    first of them): 1 -> "layer4.1", 3 -> "layer3.5" (layer3's output), 4 -> "layer3.4"."""
+    if blocks not in CUT_BLOCKS:
+        raise ValueError(
+            f"no cut below the last {blocks!r} blocks; cuts exist for {CUT_BLOCKS[0]}..{CUT_BLOCKS[-1]} "
+            f"trainable blocks ({MAX_UNFREEZE_BLOCKS} also trains the stem)"
+        )
+    return BLOCK_NAMES[-blocks - 1]
 
 
-def estimate_bytes(*, n_train: int, n_eval: int, views: int, image_size: int, depths: Iterable[int]) -> int:
-    """Bytes of a cache for these counts (float16), before any of it is computed."""
-    per_view = POOLED + sum(int(np.prod(cut_shape(d, image_size))) for d in set(depths))
+def cut_shape(blocks: int, image_size: int) -> tuple[int, int, int]:
+    """(C, H, W) of one image's cut activations below the last ``blocks`` blocks."""
+    stage = cut_after(blocks).split(".")[0]
+    side = -(-image_size // STRIDE[stage])  # ceil: torchvision's convolutions pad
+    return (CHANNELS[stage], side, side)
+
+
+def estimate_bytes(*, n_train: int, n_eval: int, views: int, image_size: int, blocks: Iterable[int]) -> int:
+    """Bytes of a cache for these counts and cuts (trainable blocks above each; float16), before any of it is
+    computed."""
+    per_view = POOLED + sum(int(np.prod(cut_shape(b, image_size))) for b in set(blocks))
     return BYTES * per_view * (n_train * views + n_eval)
 
 
@@ -62,7 +82,7 @@ class FeatureCache:
 
     train_pooled: np.ndarray
     eval_pooled: np.ndarray
-    train_cut: dict[int, np.ndarray]
+    train_cut: dict[int, np.ndarray]  # trainable blocks above the cut -> its activations
     eval_cut: dict[int, np.ndarray]
     image_targets: np.ndarray  # (N,) class index of every image
     train_index: np.ndarray  # (N,) row of each image in the train arrays, -1 when it has no training views
@@ -74,13 +94,15 @@ class FeatureCache:
     info: dict = field(default_factory=dict)
 
     @property
-    def depths(self) -> tuple[int, ...]:
+    def blocks(self) -> tuple[int, ...]:
+        """The cuts held, each as the number of trainable blocks above it."""
         return tuple(sorted(self.train_cut))
 
     @property
     def cut(self) -> dict[int, dict[str, np.ndarray]]:
-        """Per depth and split, the cut activations (a copy; for inspection and tests)."""
-        return {d: {s: self._gather(d, s) for s in SPLITS} for d in self.depths}
+        """Per cut (trainable blocks above it) and split, the cut activations (a copy; for inspection and
+        tests)."""
+        return {b: {s: self._gather(b, s) for s in SPLITS} for b in self.blocks}
 
     @property
     def pooled(self) -> dict[str, np.ndarray]:
@@ -100,7 +122,7 @@ class FeatureCache:
 
     def rows(self, key: str | int, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(array, row of each image of ``split`` in it): training views for "train", the evaluation view
-        otherwise. ``key``: "pooled" or an unfreeze depth."""
+        otherwise. ``key``: "pooled" or a cut (the number of trainable blocks above it)."""
         train = split == "train"
         index = (self.train_index if train else self.eval_index)[self.members(split)]
         if (index < 0).any():
@@ -126,13 +148,15 @@ class FeatureCache:
 def _cut_outputs(
     backbone: nn.Module, x: torch.Tensor, wanted: set[str]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Run the frozen backbone once; return the outputs of the ``wanted`` stages and the pooled features."""
+    """Run the frozen backbone once; return the outputs of the ``wanted`` blocks (``"layer3.4"``, ...) and
+    the pooled features."""
     out = {}
     x = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
-    for name in ("layer1", "layer2", "layer3", "layer4"):
-        x = getattr(backbone, name)(x)
-        if name in wanted:
-            out[name] = x
+    for stage in STAGE_BLOCKS:
+        for i, block in enumerate(getattr(backbone, stage)):
+            x = block(x)
+            if f"{stage}.{i}" in wanted:
+                out[f"{stage}.{i}"] = x
     return out, torch.flatten(backbone.avgpool(x), 1)
 
 
@@ -144,7 +168,7 @@ def build_feature_cache(
     splits: Sequence[str],
     *,
     preprocessing: Preprocessing,
-    depths: Iterable[int],
+    blocks: Iterable[int],
     views: int = 4,
     seed: int = 0,
     batch_size: int = 32,
@@ -156,16 +180,17 @@ def build_feature_cache(
 ) -> FeatureCache:
     """Compute the cache with ``network.backbone`` in eval mode: ``views`` random training views (the training
     transform) of every image with ``train_on`` (default: the "train" split) and one evaluation view of every
-    image with ``evaluate_on`` (default: the other splits). A cross-validation asks for both on every image,
-    so that one cache serves all its folds. ``precision``: "32" computes in float32; "bf16" under bfloat16
-    autocast (about twice as fast on a CPU with bf16 support and on GPUs; values within bf16 rounding of the
-    float32 ones, which the float16 storage rounds again anyway)."""
-    depths = _checked_depths(depths, views=views, precision=precision)
+    image with ``evaluate_on`` (default: the other splits); the pooled features and, for each of ``blocks``
+    (trainable blocks above a cut; 16, which has none, is skipped), its cut activations. A cross-validation
+    asks for both on every image, so that one cache serves all its folds. ``precision``: "32" computes in
+    float32; "bf16" under bfloat16 autocast (about twice as fast on a CPU with bf16 support and on GPUs; values
+    within bf16 rounding of the float32 ones, which the float16 storage rounds again anyway)."""
+    blocks = _checked_blocks(blocks, views=views, precision=precision)
     train_idx, eval_idx = _chosen_images(len(images), targets, splits, train_on, evaluate_on)
-    _check_size(len(train_idx), len(eval_idx), views, preprocessing.image_size, depths, max_bytes)
+    _check_size(len(train_idx), len(eval_idx), views, preprocessing.image_size, blocks, max_bytes)
     started = time.perf_counter()
     backbone = network.backbone.to(device).eval()
-    encoder = _Encoder(backbone, preprocessing, depths, batch_size, device, precision)
+    encoder = _Encoder(backbone, preprocessing, blocks, batch_size, device, precision)
     torch.manual_seed(seed)
     train_pooled, train_cut = encoder.encode(images, train_idx, views, train=True)
     eval_pooled, eval_cut = encoder.encode(images, eval_idx, 1, train=False)
@@ -185,14 +210,14 @@ def build_feature_cache(
     )
 
 
-def _checked_depths(depths: Iterable[int], *, views: int, precision: str) -> list[int]:
-    """The unfreeze depths that have a cut, sorted; refuses an unknown ``precision`` and ``views`` < 1."""
+def _checked_blocks(blocks: Iterable[int], *, views: int, precision: str) -> list[int]:
+    """The block counts that have a cut, sorted; refuses an unknown ``precision`` and ``views`` < 1."""
     if precision not in CACHE_PRECISIONS:
         raise ValueError(f"cache precision must be one of {', '.join(CACHE_PRECISIONS)}, got {precision!r}")
-    depths = sorted({int(d) for d in depths if int(d) in CUT_AFTER})
+    blocks = sorted({int(b) for b in blocks if int(b) in CUT_BLOCKS})
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
-    return depths
+    return blocks
 
 
 def _chosen_images(
@@ -207,14 +232,14 @@ def _chosen_images(
 
 
 def _check_size(
-    n_train: int, n_eval: int, views: int, image_size: int, depths: list[int], max_bytes: int | None
+    n_train: int, n_eval: int, views: int, image_size: int, blocks: list[int], max_bytes: int | None
 ) -> None:
     """Raise ``CacheTooLarge`` when the cache would take over ``max_bytes`` (None: no limit)."""
-    need = estimate_bytes(n_train=n_train, n_eval=n_eval, views=views, image_size=image_size, depths=depths)
+    need = estimate_bytes(n_train=n_train, n_eval=n_eval, views=views, image_size=image_size, blocks=blocks)
     if max_bytes is not None and need > max_bytes:
         raise CacheTooLarge(
             f"the feature cache would take {need / 1e9:.2f} GB ({n_train} training images x {views} "
-            f"views, {n_eval} evaluation views, depths {depths}, {image_size} px), over "
+            f"views, {n_eval} evaluation views, cuts below the last {blocks} blocks, {image_size} px), over "
             f"the limit of {max_bytes / 1e9:.2f} GB; raise --cache-max-gb, lower --cache-views or the image "
             "size, or run with --no-cache"
         )
@@ -226,7 +251,7 @@ class _Encoder:
 
     backbone: nn.Module
     preprocessing: Preprocessing
-    depths: list[int]
+    blocks: list[int]  # the cuts, by trainable blocks above them
     batch_size: int
     device: str | torch.device
     precision: str
@@ -235,11 +260,11 @@ class _Encoder:
         self, images: Sequence[np.ndarray], idx: list[int], k: int, *, train: bool
     ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """``k`` views of each image of ``idx`` (the training transform when ``train``): the pooled features
-        (len(idx), k, 2048) and, per depth, the cut activations (len(idx), k, C, H, W), float16."""
+        (len(idx), k, 2048) and, per cut, its activations (len(idx), k, C, H, W), float16."""
         transform = build_transform(self.preprocessing, train=train)
-        size, wanted = self.preprocessing.image_size, {CUT_AFTER[d] for d in self.depths}
+        size, wanted = self.preprocessing.image_size, {cut_after(b) for b in self.blocks}
         pooled = np.zeros((len(idx), k, POOLED), np.float16)
-        cut = {d: np.zeros((len(idx), k, *cut_shape(d, size)), np.float16) for d in self.depths}
+        cut = {b: np.zeros((len(idx), k, *cut_shape(b, size)), np.float16) for b in self.blocks}
         jobs = [(row, v, idx[row]) for v in range(k) for row in range(len(idx))]
         for start in range(0, len(jobs), self.batch_size):
             chunk = jobs[start : start + self.batch_size]
@@ -252,8 +277,8 @@ class _Encoder:
             rows = [r for r, _, _ in chunk]
             cols = [v for _, v, _ in chunk]
             pooled[rows, cols] = feats.float().cpu().numpy().astype(np.float16)
-            for d in self.depths:
-                cut[d][rows, cols] = outs[CUT_AFTER[d]].float().cpu().numpy().astype(np.float16)
+            for b in self.blocks:
+                cut[b][rows, cols] = outs[cut_after(b)].float().cpu().numpy().astype(np.float16)
         return pooled, cut
 
 

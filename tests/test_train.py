@@ -109,7 +109,12 @@ def test_resnet50_staged_run(tiny_data, tmp_path):
     # every library whose code shapes the numbers, at its exact installed version
     assert {"torchmetrics", "numpy", "scikit_learn", "pillow", "ray"} <= set(report["versions"])
     assert "optuna" not in report["versions"]  # optional libraries only where a run used them
-    assert torch.load(tmp_path / "model.pt", weights_only=True)["network_hparams"]["layout"] == "v1"
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert saved["network_hparams"]["layout"] == "v1"
+    assert (saved["config"]["unfreeze_depth"], saved["config"]["unfreeze_blocks"]) == (
+        1,
+        0,
+    )  # what stage 2 trained
     assert report["epochs_trained"] == 2
     assert report["metrics"]["test"]["n"] == tiny_data.splits.count("test")
 
@@ -122,6 +127,24 @@ def test_config_refuses_unknown_and_bad_values():
     with pytest.raises(ValueError, match="must be an integer"):
         TrainConfig.from_dict({"max_epochs": 2.5})
     assert TrainConfig.from_dict({"max_epochs": 3.0}).max_epochs == 3
+
+
+def test_unfreeze_blocks_is_validated_and_takes_precedence_over_the_depth():
+    assert TrainConfig().unfreeze_blocks == 0 and TrainConfig().trainable_blocks == 3  # depth 1: layer4
+    assert TrainConfig(unfreeze_depth=2).trainable_blocks == 9
+    assert TrainConfig(unfreeze_depth=2, unfreeze_blocks=4).trainable_blocks == 4
+    for bad in (-1, 17):
+        with pytest.raises(
+            ValueError,
+            match=rf"unfreeze_blocks must be within 0..16 \(0: whole stages by unfreeze_depth\), got {bad}",
+        ):
+            TrainConfig(unfreeze_blocks=bad)
+    with pytest.raises(ValueError, match="unfreeze_blocks must be an integer"):
+        TrainConfig.from_dict({"unfreeze_blocks": 2.5})
+    args = train_cli.get_args_parser().parse_args(["--out", "run", "--unfreeze-blocks", "5"])
+    assert args.unfreeze_blocks == 5
+    help_text = train_cli.get_args_parser().format_help()
+    assert "precedence over --unfreeze-depth" in " ".join(help_text.split())
 
 
 def test_cli_refuses_to_overwrite_a_run(tmp_path, tiny_phantom, capsys):

@@ -9,7 +9,7 @@ import torch
 
 from modules.dataset import PreparedData
 from modules.feature_cache import FeatureCache, build_feature_cache
-from modules.networks import build_network
+from modules.networks import build_network, depth_blocks
 from modules.transforms import build_transform
 from modules.weights import WeightsState, calibrate_batch_norm, load_backbone_state, resolve_weights
 from tuning.config import TrainConfig
@@ -83,7 +83,7 @@ def build_cache(
     if not s.cache or models != ["resnet50"]:
         return None
     base = base_config(s, spec)
-    depths = _cached_depths(spec, base, s.max_epochs)
+    blocks = needed_cuts(spec, base, s.max_epochs)
     network = _backbone_network(base, weights, len(data.images.classes))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     td = data.trial_data()
@@ -102,7 +102,7 @@ def build_cache(
         td.targets,
         td.splits,
         preprocessing=base.preprocessing,
-        depths=depths,
+        blocks=blocks,
         views=s.cache_views,
         seed=s.seed,
         device=device,
@@ -113,7 +113,7 @@ def build_cache(
     )
     cache.info["preprocessing"] = base.preprocessing.to_dict()
     cache.info["weights_layout"] = base.weights_layout  # one weights state per search: one resolved layout
-    cuts = f", cuts for unfreeze depth {list(cache.depths)}" if cache.depths else ""
+    cuts = f", cuts below the last {list(cache.blocks)} blocks" if cache.blocks else ""
     print(
         f"feature cache: {cache.nbytes / 1e6:.1f} MB (float16, computed in {precision}; {s.cache_views} "
         f"views per training image; pooled features{cuts}), built once in {cache.build_seconds:.1f} s on "
@@ -122,11 +122,26 @@ def build_cache(
     return cache
 
 
-def _cached_depths(spec: dict, base: TrainConfig, max_epochs: int) -> set[int]:
-    """The unfreeze depths whose cuts the trials can need: none when no trial can reach stage 2."""
+def needed_cuts(spec: dict, base: TrainConfig, max_epochs: int) -> set[int]:
+    """The cuts (trainable blocks above each, ``TrainConfig.trainable_blocks``) the trials can need: those of
+    the space's ``unfreeze_blocks`` values above 0 and, where it can be 0, of its ``unfreeze_depth`` values;
+    none when no trial can reach stage 2."""
     starts = space_values(spec, "stage2_epoch", base.stage2_epoch)
     unfreezes = any(not isinstance(v, int) or v < max_epochs for v in starts)  # a sampled range may unfreeze
-    return set(space_values(spec, "unfreeze_depth", base.unfreeze_depth)) if unfreezes else set()
+    if not unfreezes:
+        return set()
+    blocks = set(_int_values(spec, "unfreeze_blocks", base.unfreeze_blocks))
+    depths = _int_values(spec, "unfreeze_depth", base.unfreeze_depth) if 0 in blocks else []
+    return (blocks - {0}) | {depth_blocks(d) for d in depths}
+
+
+def _int_values(spec: dict, key: str, default: int) -> list[int]:
+    """The values an integer entry of a space can take: a constant, a choice, or a randint range."""
+    value = spec.get(key, default)
+    if isinstance(value, dict) and "randint" in value:
+        low, high = value["randint"]
+        return list(range(int(low), int(high)))  # Ray's randint excludes its upper bound
+    return [int(v) for v in space_values(spec, key, default)]
 
 
 def _backbone_network(base: TrainConfig, weights: WeightsState | None, num_classes: int):
@@ -145,7 +160,7 @@ def cache_summary(cache: FeatureCache | None, trials_on_cache: int = 0) -> dict:
     return {
         "enabled": True,
         "views": cache.views,
-        "depths": list(cache.depths),
+        "cut_blocks": list(cache.blocks),
         "megabytes": round(cache.nbytes / 1e6, 1),
         "build_s": round(cache.build_seconds, 2),
         "precision": cache.info.get("precision"),

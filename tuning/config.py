@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 
+from modules.networks import MAX_UNFREEZE_BLOCKS, depth_blocks
 from modules.transforms import Preprocessing
 from tuning.flags import option
 
@@ -69,6 +70,12 @@ class TrainConfig:
     warmup_epochs: float = hp(0.0, "warmup_cosine: epochs of linear warm-up (fractions allowed)")
     stage2_epoch: int = hp(3, "resnet50: first epoch (from 0) with unfrozen stages; >= max-epochs: never")
     unfreeze_depth: int = hp(1, "resnet50 stages to unfreeze: 1 = layer4 ... 4 = all")
+    unfreeze_blocks: int = hp(
+        0,
+        "resnet50 bottleneck blocks to unfreeze, counted from the top (layer4 has 3, layer3 6, layer2 4, "
+        "layer1 3): 1..16, 16 with the stem; above 0 it takes precedence over --unfreeze-depth (3 trains what "
+        "depth 1 trains, 9 what depth 2 does); 0: whole stages by --unfreeze-depth",
+    )
     freeze_bn_stats: bool = hp(True, "keep the batch-norm running statistics of unfrozen stages")
     label_smoothing: float = hp(0.0, "label smoothing of the cross-entropy")
     class_weights: str = hp("none", "none, or balanced (inverse class frequency of the training split)")
@@ -119,6 +126,11 @@ class TrainConfig:
             ("label_smoothing", 0 <= self.label_smoothing < 1, "within [0, 1)"),
             ("stage2_epoch", self.stage2_epoch >= 0, ">= 0"),
             ("unfreeze_depth", 1 <= self.unfreeze_depth <= 4, "within 1..4"),
+            (
+                "unfreeze_blocks",
+                0 <= self.unfreeze_blocks <= MAX_UNFREEZE_BLOCKS,
+                f"within 0..{MAX_UNFREEZE_BLOCKS} (0: whole stages by unfreeze_depth)",
+            ),
             ("cnn_width", self.cnn_width >= 1, ">= 1"),
             ("cnn_depth", 1 <= self.cnn_depth <= 8, "within 1..8"),
             ("cnn_fc_hidden", self.cnn_fc_hidden >= 1, ">= 1"),
@@ -157,6 +169,12 @@ class TrainConfig:
             intensity=self.intensity,
             scale=self.scale,
         )
+
+    @property
+    def trainable_blocks(self) -> int:
+        """The resnet50 bottleneck blocks stage 2 trains: ``unfreeze_blocks``, or when it is 0 those of the
+        ``unfreeze_depth`` stages (3, 9, 13, 16). The feature cache names its cuts by this number."""
+        return self.unfreeze_blocks or depth_blocks(self.unfreeze_depth)
 
     @property
     def monitor_mode(self) -> str:

@@ -57,7 +57,7 @@ def build_classifier(
     *,
     class_weights: list[float] | None = None,
     backbone_state: WeightsState | None = None,
-    cached_depth: int | None = None,
+    cached_blocks: int | None = None,
     positive: int | None = None,
 ):
     """The network (weights loaded) wrapped in the LightningModule. Returns (module, its starting weights: a
@@ -66,9 +66,10 @@ def build_classifier(
     ``positive``: index of a two-class problem's positive class (None: the last class); None for N classes.
 
     ``backbone_state``: weights already read (by the search's driver, shipped through Ray's object store);
-    without it, ``cfg.weights`` is resolved here. ``cached_depth``: wrap the ResNet50 in ``CachedTail`` for
-    training on a ``FeatureCache`` (its cut for that unfreeze depth). A ResNet50 is built in the layout of its
-    weights (``cfg.weights_layout``, see ``WeightsState.layout_for``); the network's ``layout`` says which.
+    without it, ``cfg.weights`` is resolved here. ``cached_blocks``: wrap the ResNet50 in ``CachedTail`` for
+    training on a ``FeatureCache`` (its cut below that many trainable blocks, ``cfg.trainable_blocks``). A
+    ResNet50 is built in the layout of its weights (``cfg.weights_layout``, see ``WeightsState.layout_for``);
+    the network's ``layout`` says which.
     """
     if cfg.model == "resnet50":
         state = backbone_state if backbone_state is not None else resolve_weights(cfg.weights)
@@ -79,8 +80,8 @@ def build_classifier(
     else:
         network = build_network(cfg.model, num_classes=num_classes, **network_hparams(cfg))
         state = WeightsState(None, "none")
-    if cached_depth is not None:  # train only the part above the cut, on cached frozen-backbone outputs
-        network = CachedTail(network, cached_depth)
+    if cached_blocks is not None:  # train only the part above the cut, on cached frozen-backbone outputs
+        network = CachedTail(network, cached_blocks)
     module = ClassifierModule(
         network=network,
         num_classes=num_classes,
@@ -98,12 +99,13 @@ def build_classifier(
 
 
 def cache_fits(cache: FeatureCache, cfg: TrainConfig) -> bool:
-    """Whether a cached run computes what the plain one would: same preprocessing, a cut for its depth."""
+    """Whether a cached run computes what the plain one would: same preprocessing, a cut below the blocks its
+    stage 2 trains (``cfg.trainable_blocks``)."""
     if cfg.model != "resnet50" or cache.info.get("preprocessing") != cfg.preprocessing.to_dict():
         return False
     if cache.info.get("weights_layout", "auto") != cfg.weights_layout:
         return False
-    return cfg.stage2_epoch >= cfg.max_epochs or cfg.unfreeze_depth in cache.train_cut
+    return cfg.stage2_epoch >= cfg.max_epochs or cfg.trainable_blocks in cache.train_cut
 
 
 def build_run(cfg: TrainConfig, data: TrialData, *, backbone_state: WeightsState | None = None, cache=None):
@@ -118,7 +120,7 @@ def build_run(cfg: TrainConfig, data: TrialData, *, backbone_state: WeightsState
         len(data.classes),
         class_weights=class_weights,
         backbone_state=backbone_state,
-        cached_depth=cfg.unfreeze_depth if cached else None,
+        cached_blocks=cfg.trainable_blocks if cached else None,
         positive=data.positive,
     )
     return module, weights, build_datamodule(cfg, data, cache=cache if cached else None), cached
@@ -134,11 +136,12 @@ def balanced_weights(data: TrialData) -> list[float]:
 
 def build_datamodule(cfg: TrainConfig, data: TrialData, *, cache=None) -> pl.LightningDataModule:
     """Loaders over the images, or with ``cache`` (a ``FeatureCache`` serving this run's splits) over the cached
-    outputs of the frozen layers (pooled features, then the cut of ``cfg.unfreeze_depth`` from stage 2 on)."""
+    outputs of the frozen layers (pooled features, then from stage 2 on the cut below the blocks it trains,
+    ``cfg.trainable_blocks``)."""
     if cache is not None:
         return CachedDataModule(
             cache,
-            depth=cfg.unfreeze_depth,
+            blocks=cfg.trainable_blocks,
             stage2_epoch=cfg.stage2_epoch,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
@@ -161,6 +164,7 @@ def staging_callbacks(cfg: TrainConfig) -> list[pl.Callback]:
         StagedFineTuning(
             stage2_epoch=cfg.stage2_epoch,
             unfreeze_depth=cfg.unfreeze_depth,
+            unfreeze_blocks=cfg.unfreeze_blocks,
             backbone_lr=cfg.backbone_lr,
             freeze_bn_stats=cfg.freeze_bn_stats,
         )
