@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from search_spaces import baseline_cnn, resnet_stage1, resnet_stage2
+from search_spaces import baseline_cnn, resnet_stage1, resnet_stage2, resnet_stage2_blocks
 from search_spaces.spec import SpaceError, bounds, load_space_file, to_tune, validate_entry
 
 SPACES = {
     "baseline_cnn": baseline_cnn.SPEC,
     "resnet_stage1": resnet_stage1.SPEC,
     "resnet_stage2": resnet_stage2.SPEC,
+    "resnet_stage2_blocks": resnet_stage2_blocks.SPEC,
 }
 
 __all__ = ["SPACES", "SpaceError", "bounds", "get_spec", "to_tune", "validate_spec"]

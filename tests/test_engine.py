@@ -80,6 +80,7 @@ def test_a_run_that_never_unfreezes_needs_no_cut(cache):
     ("space", "cuts"),
     [
         ("resnet_stage2", {3, 9}),  # unfreeze depths 1 and 2
+        ("resnet_stage2_blocks", {1, 2, 3, 5, 7, 9}),
         ("resnet_stage1", set()),  # never unfreezes
     ],
 )

@@ -31,6 +31,13 @@ def test_resnet_stage2_covers_the_required_hyperparameters():
         assert isinstance(spec[key], dict), f"{key} is not searched"
 
 
+def test_resnet_stage2_blocks_is_resnet_stage2_unfreezing_by_block():
+    stages, blocks = get_spec("resnet_stage2"), get_spec("resnet_stage2_blocks")
+    assert blocks.pop("unfreeze_blocks") == {"choice": [1, 2, 3, 5, 7, 9]}
+    del stages["unfreeze_depth"]
+    assert blocks == stages
+
+
 def test_unknown_space_lists_the_valid_ones():
     with pytest.raises(SpaceError, match="valid spaces: baseline_cnn, resnet_stage1, resnet_stage2"):
         get_spec("resnet_stage3")

@@ -61,7 +61,11 @@ class SearchSettings(DataOptions):
         "another collection",
         "data",
     )
-    space: str = setting("resnet_stage2", "baseline_cnn, resnet_stage1, resnet_stage2 or a JSON file", TUNING)
+    space: str = setting(
+        "resnet_stage2",
+        "baseline_cnn, resnet_stage1, resnet_stage2, resnet_stage2_blocks or a JSON file",
+        TUNING,
+    )
     num_samples: int = setting(6, "trials", TUNING)
     max_epochs: int = setting(6, "epochs per trial, ASHA's max_t", TUNING)
     grace_period: int = setting(4, "ASHA's first rung, epochs", TUNING)
