@@ -72,6 +72,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="passed to both searches (e.g. --set crop=none; a sampled entry cannot be set); repeatable",
     )
     p.add_argument("--loop-steps", type=int, default=6, help="timed steps per tight loop (default: 6)")
+    p.add_argument(
+        "--phantom",
+        action="store_true",
+        help="the phantom at small sizes, the search-speed target's settings: --image-size 64 --num-samples 32 "
+        "--max-epochs 10 --grace-period 10 on the phantom set with random weights, and only the cached search "
+        "(the target is its wall time); flags given explicitly still win",
+    )
+    p.add_argument(
+        "--only-cache",
+        action="store_true",
+        help="run the cached search alone (no plain search to compare with): its wall time, and how close its "
+        "trials come to the tight-loop rates",
+    )
     p.add_argument("--keep", default=None, help="keep both run folders here (default: a temporary folder)")
     return p
 
@@ -281,12 +294,50 @@ def split_counts(run_dir: Path) -> dict[str, int]:
     return {k: splits.count(k) for k in ("train", "val", "test")}
 
 
+PHANTOM = {"image_size": 64, "num_samples": 32, "max_epochs": 10, "grace_period": 10}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The flags; with ``--phantom``, its settings are the defaults (flags given explicitly still win)."""
+    parser = get_args_parser()
+    if parser.parse_args(argv).phantom:
+        parser.set_defaults(**PHANTOM, only_cache=True, data=None, weights="none")
+    return parser.parse_args(argv)
+
+
+def only_cache(args, base: Path) -> int:
+    """The cached search alone: its row of the table, and its trials against the tight-loop rates."""
+    out = base / "cache"
+    if out.exists():
+        raise SystemExit(f"{out} exists; choose another --keep folder")
+    print("running the cached search ...", flush=True)
+    result = run_variant(args, out, True)
+    trials = trial_epochs(out)
+    depths = sorted({t["depth"] for t in trials if t["epochs"] > t["stage2_epoch"]})
+    rates = step_rates(args, depths)
+    counts = split_counts(out)
+    compute = compute_seconds(trials, rates, n_train=counts["train"], n_val=counts["val"], cached=True)
+    spent = sum(t["time_s"] for t in trials)
+    width = max(len(k) for k in result)
+    print()
+    for k, v in result.items():
+        print(f"{k:<{width}}  {v:>10}")
+    share = f"{100 * compute / spent:.0f}%" if spent > 0 else "n/a"
+    print(
+        f"cached trials: {spent:.0f} s in all, {compute:.0f} s of it compute at the tight-loop rates ({share})"
+    )
+    print(f"search_wall_s={result['search wall s']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = parse(argv)
     print(
         "command: python -m benchmarks.search_speed " + shlex.join(argv if argv is not None else sys.argv[1:])
     )
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="search-speed-"))
+    if args.only_cache:
+        return only_cache(args, base)
     results = {}
     for name, cached in (("no-cache", False), ("cache", True)):
         out = base / name

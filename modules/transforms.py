@@ -3,7 +3,9 @@
 Random transforms are for training only; evaluation is deterministic (resize, centre crop). Options beyond the
 seed project: ``crop="brain"`` cuts every image to the bounding box of the head (its outer contour) before
 resizing, so that scans framed with wide black borders, labels or rulers reach the network at one scale;
-``intensity`` and ``scale`` add brightness/contrast and zoom jitter for training.
+``intensity`` and ``scale`` add brightness/contrast and zoom jitter for training; ``intensity_norm="percentile"``
+maps each scan's own head intensities onto one range (train and eval), so that collections acquired with other
+scanners, sequences or windowing reach the network at one contrast.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from torchvision.transforms import v2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROPS = ("none", "brain")
+INTENSITY_NORMS = ("none", "percentile")
+NORM_PERCENTILES = (1.0, 99.0)  # of the head's pixels, mapped to 0 and 255 by intensity_norm="percentile"
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Preprocessing:
     crop: str = "none"  # "none", or "brain": cut to the head's bounding box before resizing (train and eval)
     intensity: float = 0.0  # random brightness and contrast factor within 1 +- intensity (train only)
     scale: float = 0.0  # random zoom within 1 +- scale (train only)
+    intensity_norm: str = "none"  # "none", or "percentile": per-scan contrast normalisation (train and eval)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -43,6 +48,10 @@ class Preprocessing:
             raise ValueError(f"rotation must be within 0..180 degrees, got {self.rotation}")
         if self.crop not in CROPS:
             raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        if self.intensity_norm not in INTENSITY_NORMS:
+            raise ValueError(
+                f"intensity_norm must be one of {', '.join(INTENSITY_NORMS)}, got {self.intensity_norm!r}"
+            )
         if not 0 <= self.intensity < 1 or not 0 <= self.scale < 1:
             raise ValueError(f"intensity and scale must be within [0, 1), got {self.intensity}, {self.scale}")
 
@@ -127,9 +136,28 @@ def crop_to_brain(x: torch.Tensor) -> torch.Tensor:
     return x[:, top:bottom, left:right]
 
 
+def normalize_intensity(x: torch.Tensor) -> torch.Tensor:
+    """(1, H, W) uint8 tensor -> the same with the head's intensities stretched over 0..255: the
+    ``NORM_PERCENTILES`` of the pixels above ``foreground_threshold`` (the head, as ``brain_box`` sees it) map to
+    0 and 255, linearly, clipped. The black background stays black; a scan with no foreground, or a flat one,
+    is returned unchanged. Per scan, so a collection with a brighter or flatter window reaches the network at
+    the same contrast as the training one."""
+    pixels = x[0].numpy()
+    head = pixels[pixels > foreground_threshold(pixels)]
+    if head.size < 2:
+        return x
+    lo, hi = np.percentile(head, NORM_PERCENTILES)
+    if hi - lo < 1.0:
+        return x
+    out = np.clip((pixels.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0.0, 255.0)
+    return torch.from_numpy(np.rint(out).astype(np.uint8)).unsqueeze(0)
+
+
 def build_transform(pre: Preprocessing, *, train: bool) -> v2.Compose:
     """A transform from a (1, H, W) uint8 tensor to a normalised (3, S, S) float tensor."""
     steps: list = [v2.Lambda(crop_to_brain)] if pre.crop == "brain" else []
+    if pre.intensity_norm == "percentile":
+        steps.append(v2.Lambda(normalize_intensity))
     steps.append(v2.Resize((pre.resize, pre.resize), antialias=True))
     if train:
         steps.append(v2.RandomCrop(pre.image_size))
@@ -170,6 +198,17 @@ def describe_evaluation(pre: Preprocessing) -> list[dict]:
                 "percentile); a row or column is the head's when >= 4% of it is foreground; of the runs of such "
                 "lines the one holding the most foreground; the box grown by 3% a side, then squared where "
                 "the image allows (modules/transforms.py brain_box)",
+            }
+        )
+    if pre.intensity_norm == "percentile":
+        steps.append(
+            {
+                "op": "normalize_intensity",
+                "percentiles": list(NORM_PERCENTILES),
+                "how": "per scan: of the pixels above max(12, 0.1 x the 99.5th percentile) (the head), the "
+                "1st and 99th percentiles (numpy linear) map to 0 and 255, linearly, clipped, rounded to "
+                "uint8; unchanged when fewer than 2 such pixels or the two percentiles are < 1 apart "
+                "(modules/transforms.py normalize_intensity)",
             }
         )
     steps += [

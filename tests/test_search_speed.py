@@ -114,3 +114,37 @@ def test_main_prints_the_table_the_compute_ratios_and_the_last_line(tmp_path, mo
     )
     assert f"plain {plain:.0f} s" in out and "epoch for epoch" in out
     assert out.strip().splitlines()[-1] == "search_speedup=4.00 test_accuracy_delta=+0.0"
+
+
+def test_phantom_mode_runs_the_cached_search_alone_at_the_targets_settings(tmp_path, monkeypatch, capsys):
+    """``--phantom``: the search-speed target's settings (64 px, 32 trials of 10 epochs, grace 10, random
+    weights, the phantom set), the cached search only, ending with its wall time; explicit flags win."""
+    from benchmarks import search_speed
+
+    seen = []
+
+    def fake_run(args, out, cached):
+        seen.append((vars(args).copy(), cached))
+        out.mkdir(parents=True)
+        (out / "trials.csv").write_text(
+            "trial_id,status,iterations,time_s,stage2_epoch,unfreeze_depth\nt0,TERMINATED,10,40,3,2\n"
+        )
+        (out / "split.csv").write_text("path,split\n" + "a,train\n" * 84 + "b,val\n" * 18)
+        return {"search wall s": 150.0, "median trial s": 40.0, "time to report s": 170.0}
+
+    monkeypatch.setattr(search_speed, "run_variant", fake_run)
+    monkeypatch.setattr(search_speed, "step_rates", lambda args, depths: {**RATES})
+    assert search_speed.main(["--phantom", "--keep", str(tmp_path / "a")]) == 0
+    ((args, cached),) = seen
+    assert cached and args["data"] is None and args["weights"] == "none"
+    assert (args["image_size"], args["num_samples"], args["max_epochs"], args["grace_period"]) == (
+        64,
+        32,
+        10,
+        10,
+    )
+    out = capsys.readouterr().out
+    assert "cached trials: 40 s in all" in out and out.strip().splitlines()[-1] == "search_wall_s=150.0"
+    seen.clear()
+    assert search_speed.main(["--phantom", "--num-samples", "4", "--keep", str(tmp_path / "b")]) == 0
+    assert seen[0][0]["num_samples"] == 4 and seen[0][0]["max_epochs"] == 10

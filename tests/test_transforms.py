@@ -72,3 +72,26 @@ def test_training_jitter_changes_the_image_and_bad_values_are_refused():
     # checkpoints written before these options existed still describe a valid preprocessing
     old = {k: v for k, v in Preprocessing().to_dict().items() if k not in ("crop", "intensity", "scale")}
     assert Preprocessing.from_dict(old).crop == "none"
+
+
+def test_percentile_normalisation_gives_two_windowings_of_one_scan_the_same_input():
+    """The same head shown at another brightness and contrast (another scanner's window) reaches the network
+    at one contrast with intensity_norm="percentile", and does not without it; the background stays black."""
+    from modules.transforms import normalize_intensity
+
+    head = scan(5, size=96).astype(np.float32)
+    inside = head > 0
+    dim = np.where(inside, 20 + 0.4 * head, 0).astype(np.uint8)  # a flatter, darker window of one scan
+    bright = np.where(inside, np.clip(30 + 0.9 * head, 0, 255), 0).astype(np.uint8)
+    norm = Preprocessing(image_size=64, resize=72, intensity_norm="percentile")
+    t_norm, t_plain = build_transform(norm, train=False), build_transform(Preprocessing(64, 72), train=False)
+    a, b = t_norm(to_tensor(dim)), t_norm(to_tensor(bright))
+    assert (a - b).abs().mean() < 0.05, (a - b).abs().mean()
+    assert (t_plain(to_tensor(dim)) - t_plain(to_tensor(bright))).abs().mean() > 0.3
+    out = normalize_intensity(to_tensor(dim))[0].numpy()
+    assert out[~inside].max() == 0 and out.max() == 255
+    flat = np.full((32, 32), 77, np.uint8)  # no contrast to stretch: unchanged, no division by zero
+    assert np.array_equal(normalize_intensity(to_tensor(flat))[0].numpy(), flat)
+    with pytest.raises(ValueError, match="intensity_norm must be one of none, percentile, got 'zscore'"):
+        Preprocessing(intensity_norm="zscore")
+    assert Preprocessing.from_dict(norm.to_dict()) == norm

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 
 from modules.networks import MAX_UNFREEZE_BLOCKS, depth_blocks
-from modules.transforms import Preprocessing
+from modules.transforms import INTENSITY_NORMS, Preprocessing
 from tuning.flags import option
 
 MODELS = ("cnn", "resnet50")
@@ -94,6 +94,11 @@ class TrainConfig:
     crop: str = hp("brain", "none, or brain: cut each scan to the head's bounding box before resizing")
     intensity: float = hp(0.0, "training brightness/contrast jitter: factors within 1 +- this")
     scale: float = hp(0.0, "training zoom jitter: factors within 1 +- this")
+    intensity_norm: str = hp(
+        "none",
+        "none, or percentile: stretch each scan's head intensities (1st-99th percentile) over the full range, "
+        "in training and evaluation alike",
+    )
     tta: str = hp(
         "none",
         "test-time augmentation of the reported predictions (test split, evaluate, predict): none, or flip "
@@ -140,6 +145,7 @@ class TrainConfig:
             ("scheduler", self.scheduler in SCHEDULES, "none, cosine or warmup_cosine"),
             ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
             ("tta", self.tta in TTA_MODES, "none or flip"),
+            ("intensity_norm", self.intensity_norm in INTENSITY_NORMS, "none or percentile"),
             ("weights_layout", self.weights_layout in WEIGHTS_LAYOUTS, "auto, v1 or v1.5"),
         ]
         for name, ok, expected in checks:
@@ -168,6 +174,7 @@ class TrainConfig:
             crop=self.crop,
             intensity=self.intensity,
             scale=self.scale,
+            intensity_norm=self.intensity_norm,
         )
 
     @property

@@ -203,10 +203,12 @@ def make_trainer(
     enable_checkpointing: bool = False,
     reload_dataloaders: bool = False,
     validate: bool = True,
+    profiler=None,
 ) -> pl.Trainer:
     """A Trainer for one run. ``reload_dataloaders``: new loaders every epoch (the cached path switches from
     pooled features to cut activations when stage 2 starts). ``validate`` False: no validation loop (a run
-    that trains on the validation images too, for a fixed number of epochs)."""
+    that trains on the validation images too, for a fixed number of epochs). ``profiler``: Lightning's (the
+    trial profile benchmark)."""
     return pl.Trainer(
         limit_val_batches=None if validate else 0,
         reload_dataloaders_every_n_epochs=1 if reload_dataloaders else 0,
@@ -223,4 +225,5 @@ def make_trainer(
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         deterministic=False,
+        profiler=profiler,
     )
