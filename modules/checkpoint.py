@@ -14,7 +14,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -229,12 +229,18 @@ def positive_index(meta: Mapping) -> int | None:
 
 @torch.no_grad()
 def predict_probabilities(
-    network: nn.Module, images: Sequence[np.ndarray], transform, *, batch_size: int = 32, flip: bool = False
+    network: nn.Module,
+    images: Sequence[np.ndarray],
+    transform,
+    *,
+    batch_size: int = 32,
+    flip: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Softmax probabilities ``(N, num_classes)`` of grayscale ``uint8`` arrays ``(H, W)`` (any sizes).
 
     ``flip``: test-time augmentation, the mean of the probabilities of each transformed image and of its
-    left-right mirror."""
+    left-right mirror. ``progress``: called with (images done, images in all) after every batch."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = []
@@ -244,6 +250,8 @@ def predict_probabilities(
         if flip:
             probs = (probs + network(batch.flip(-1)).float().softmax(dim=1)) / 2
         out.append(probs.cpu().numpy())
+        if progress is not None:
+            progress(min(start + batch_size, len(images)), len(images))
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -177,6 +177,7 @@ def build_feature_cache(
     train_on: Sequence[bool] | None = None,
     evaluate_on: Sequence[bool] | None = None,
     precision: str = "32",
+    progress: Callable[[int, int], None] | None = None,
 ) -> FeatureCache:
     """Compute the cache with ``network.backbone`` in eval mode: ``views`` random training views (the training
     transform) of every image with ``train_on`` (default: the "train" split) and one evaluation view of every
@@ -184,7 +185,9 @@ def build_feature_cache(
     (trainable blocks above a cut; 16, which has none, is skipped), its cut activations. A cross-validation
     asks for both on every image, so that one cache serves all its folds. ``precision``: "32" computes in
     float32; "bf16" under bfloat16 autocast (about twice as fast on a CPU with bf16 support and on GPUs; values
-    within bf16 rounding of the float32 ones, which the float16 storage rounds again anyway)."""
+    within bf16 rounding of the float32 ones, which the float16 storage rounds again anyway). ``progress``:
+    called with (views done, views in all) after every batch (``modules.progress_lines.ProgressLines`` prints
+    a line now and then)."""
     blocks = _checked_blocks(blocks, views=views, precision=precision)
     train_idx, eval_idx = _chosen_images(len(images), targets, splits, train_on, evaluate_on)
     _check_size(len(train_idx), len(eval_idx), views, preprocessing.image_size, blocks, max_bytes)
@@ -192,8 +195,12 @@ def build_feature_cache(
     backbone = network.backbone.to(device).eval()
     encoder = _Encoder(backbone, preprocessing, blocks, batch_size, device, precision)
     torch.manual_seed(seed)
-    train_pooled, train_cut = encoder.encode(images, train_idx, views, train=True)
-    eval_pooled, eval_cut = encoder.encode(images, eval_idx, 1, train=False)
+    total = len(train_idx) * views + len(eval_idx)
+    count = (lambda done: progress(done, total)) if progress is not None else None
+    train_pooled, train_cut = encoder.encode(images, train_idx, views, train=True, count=count)
+    offset = len(train_idx) * views
+    after = (lambda done: count(offset + done)) if count is not None else None
+    eval_pooled, eval_cut = encoder.encode(images, eval_idx, 1, train=False, count=after)
     return FeatureCache(
         train_pooled=train_pooled,
         eval_pooled=eval_pooled,
@@ -257,7 +264,7 @@ class _Encoder:
     precision: str
 
     def encode(
-        self, images: Sequence[np.ndarray], idx: list[int], k: int, *, train: bool
+        self, images: Sequence[np.ndarray], idx: list[int], k: int, *, train: bool, count=None
     ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """``k`` views of each image of ``idx`` (the training transform when ``train``): the pooled features
         (len(idx), k, 2048) and, per cut, its activations (len(idx), k, C, H, W), float16."""
@@ -279,6 +286,8 @@ class _Encoder:
             pooled[rows, cols] = feats.float().cpu().numpy().astype(np.float16)
             for b in self.blocks:
                 cut[b][rows, cols] = outs[cut_after(b)].float().cpu().numpy().astype(np.float16)
+            if count is not None:
+                count(start + len(chunk))
         return pooled, cut
 
 

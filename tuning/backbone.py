@@ -10,6 +10,7 @@ import torch
 from modules.dataset import PreparedData
 from modules.feature_cache import FeatureCache, build_feature_cache
 from modules.networks import build_network, depth_blocks
+from modules.progress_lines import ProgressLines
 from modules.transforms import build_transform
 from modules.weights import WeightsState, calibrate_batch_norm, load_backbone_state, resolve_weights
 from tuning.config import TrainConfig
@@ -110,6 +111,7 @@ def build_cache(
         precision=precision,
         train_on=train_on,
         evaluate_on=everything,
+        progress=ProgressLines("feature cache", unit="views"),
     )
     cache.info["preprocessing"] = base.preprocessing.to_dict()
     cache.info["weights_layout"] = base.weights_layout  # one weights state per search: one resolved layout

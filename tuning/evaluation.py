@@ -25,6 +25,7 @@ from modules.files import atomic_write_json, atomic_write_text
 from modules.groups_file import read_groups_file
 from modules.ingest import ImageRecord, ImageSet, load_image_set
 from modules.nifti import SliceChoice
+from modules.progress_lines import ProgressLines
 from modules.sources import display_path
 from modules.statistics import N_BOOT, classification_metrics, group_bootstrap
 from modules.subjects import subject_links, subjects_of
@@ -165,9 +166,14 @@ def _score(models: list, meta: dict, recs: list[ImageRecord], *, threshold: floa
     probs_all = np.mean(
         [
             predict_probabilities(
-                net, pixels, eval_transform(m), batch_size=batch_size, flip=uses_flip_tta(m)
+                net,
+                pixels,
+                eval_transform(m),
+                batch_size=batch_size,
+                flip=uses_flip_tta(m),
+                progress=ProgressLines(f"scoring with model {k} of {len(models)}", unit="images"),
             )
-            for net, m in models
+            for k, (net, m) in enumerate(models, start=1)
         ],
         axis=0,
     )
