@@ -215,3 +215,22 @@ def test_resnet50_run_on_gpu_with_bf16(tiny_data, tmp_path):
     assert report["precision"] == "bf16-mixed"
     ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
     assert all(t.device.type == "cpu" for t in ckpt["state_dict"].values())  # exported for any machine
+
+
+def test_a_run_on_train_and_val_writes_one_checkpoint_the_last_epochs(tiny_data, tmp_path, monkeypatch):
+    """train_on="train+val" keeps the last epoch: its Lightning checkpoint is written once, at the end (a
+    checkpoint after every epoch would be a write of the whole state per epoch for nothing)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    saved = []
+    original = ModelCheckpoint._save_checkpoint
+
+    def counting(self, trainer, filepath):
+        saved.append((trainer.current_epoch, filepath))
+        return original(self, trainer, filepath)
+
+    monkeypatch.setattr(ModelCheckpoint, "_save_checkpoint", counting)
+    cfg = TrainConfig.from_dict({**FAST, "model": "cnn", "max_epochs": 3, "cnn_depth": 2, "cnn_width": 8})
+    report = run_training(cfg, tiny_data, tmp_path, command="test", progress=False, train_on="train+val")
+    assert [epoch for epoch, _ in saved] == [2] and "last-epoch=2" in saved[0][1]
+    assert report["best_epoch"] == 2 and report["epochs_trained"] == 3

@@ -150,7 +150,11 @@ def _fit_and_test(
             EarlyStopping(monitor=cfg.monitor, mode=cfg.monitor_mode, patience=cfg.patience),
         ]
     else:
-        checkpoint = ModelCheckpoint(dirpath=out / _LIGHTNING_DIR, save_top_k=1, filename="last-{epoch}")
+        # only the last epoch is kept: write it once, at the end, not after every epoch (each write holds the
+        # network and the optimiser's state, hundreds of MB for a ResNet50)
+        checkpoint = ModelCheckpoint(
+            dirpath=out / _LIGHTNING_DIR, save_top_k=1, filename="last-{epoch}", every_n_epochs=cfg.max_epochs
+        )
         callbacks = [checkpoint]
     logger = CSVLogger(save_dir=str(out), name="", version="")
     trainer = engine.make_trainer(
