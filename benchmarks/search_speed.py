@@ -205,18 +205,18 @@ def trial_precision(args) -> str:
     return resolve_precision(TrainConfig(precision=args.precision), cuda=on_gpu)
 
 
-def step_rates(args, depths: list[int], *, batch: int = 16) -> dict[str, float]:
+def step_rates(args, blocks: list[int], *, batch: int = 16) -> dict[str, float]:
     """Images/s of every kind of step a trial runs, in a tight loop on random inputs (batch 16, the trials'
     threads and precision): the real training step, staged as the trials stage it, from
     ``benchmarks.train_throughput``.
 
-    Keys: ``plain/stage1``, ``plain/stage2/<d>``, ``plain/eval`` (whole network from images); ``cached/stage1``,
-    ``cached/eval1`` (head on pooled features), ``cached/stage2/<d>``, ``cached/eval/<d>`` (stages above the cut)."""
+    Keys: ``plain/stage1``, ``plain/stage2/<k>``, ``plain/eval`` (whole network from images); ``cached/stage1``,
+    ``cached/eval1`` (head on pooled features), ``cached/stage2/<k>``, ``cached/eval/<k>`` (the k trainable
+    blocks above the cut: 3 for unfreeze depth 1, 9 for depth 2)."""
     import torch
 
     from benchmarks.train_throughput import autocast_for, build_row, time_row
     from modules.feature_cache import POOLED, cut_shape
-    from modules.networks import depth_blocks
 
     torch.set_num_threads(max(1, int(args.cpus_per_trial)))
     device = torch.device("cuda" if args.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
@@ -240,20 +240,21 @@ def step_rates(args, depths: list[int], *, batch: int = 16) -> dict[str, float]:
         "cached/stage1": rate("stage1", (POOLED,), cached=True),
         "cached/eval1": rate("stage1", (POOLED,), cached=True, train=False),
     }
-    for d in depths:
-        cut = cut_shape(depth_blocks(d), args.image_size)
-        rates[f"plain/stage2/{d}"] = rate(f"stage2-d{d}", images)
-        rates[f"cached/stage2/{d}"] = rate(f"stage2-d{d}", cut, cached=True)
-        rates[f"cached/eval/{d}"] = rate(f"stage2-d{d}", cut, cached=True, train=False)
+    for k in blocks:
+        cut = cut_shape(k, args.image_size)
+        rates[f"plain/stage2/{k}"] = rate(f"stage2-b{k}", images)
+        rates[f"cached/stage2/{k}"] = rate(f"stage2-b{k}", cut, cached=True)
+        rates[f"cached/eval/{k}"] = rate(f"stage2-b{k}", cut, cached=True, train=False)
     return rates
 
 
 def trial_epochs(run_dir: Path) -> list[dict]:
-    """Per trial of a finished search: epochs run, stage-2 start, unfreeze depth, seconds it took (from its
-    trials.csv, where a space's constants are columns too; a space that names neither runs ``TrainConfig``'s
-    defaults)."""
+    """Per trial of a finished search: epochs run, stage-2 start, the bottleneck blocks its stage 2 trains
+    (``unfreeze_blocks``, or those of its ``unfreeze_depth``), seconds it took (from its trials.csv, where a
+    space's constants are columns too; a space that names none of them runs ``TrainConfig``'s defaults)."""
     import csv
 
+    from modules.networks import depth_blocks
     from tuning.config import TrainConfig
 
     with (run_dir / "trials.csv").open() as f:
@@ -262,7 +263,8 @@ def trial_epochs(run_dir: Path) -> list[dict]:
         {
             "epochs": int(r["iterations"]),
             "stage2_epoch": int(float(r.get("stage2_epoch") or TrainConfig.stage2_epoch)),
-            "depth": int(float(r.get("unfreeze_depth") or TrainConfig.unfreeze_depth)),
+            "blocks": int(float(r.get("unfreeze_blocks") or TrainConfig.unfreeze_blocks))
+            or depth_blocks(int(float(r.get("unfreeze_depth") or TrainConfig.unfreeze_depth))),
             "time_s": float(r.get("time_s") or 0.0),
         }
         for r in rows
@@ -277,7 +279,7 @@ def compute_seconds(trials: list[dict], rates: dict, *, n_train: int, n_val: int
     for t in trials:
         stage1 = min(t["epochs"], t["stage2_epoch"])
         stage2 = t["epochs"] - stage1
-        d = t["depth"]
+        d = t["blocks"]
         evaluate = rates["cached/eval1"] if cached else rates["plain/eval"]
         total += stage1 * (n_train / rates[f"{kind}/stage1"] + n_val / evaluate)
         if stage2:
@@ -313,8 +315,8 @@ def only_cache(args, base: Path) -> int:
     print("running the cached search ...", flush=True)
     result = run_variant(args, out, True)
     trials = trial_epochs(out)
-    depths = sorted({t["depth"] for t in trials if t["epochs"] > t["stage2_epoch"]})
-    rates = step_rates(args, depths)
+    blocks = sorted({t["blocks"] for t in trials if t["epochs"] > t["stage2_epoch"]})
+    rates = step_rates(args, blocks)
     counts = split_counts(out)
     compute = compute_seconds(trials, rates, n_train=counts["train"], n_val=counts["val"], cached=True)
     spent = sum(t["time_s"] for t in trials)
@@ -346,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running the {name} search ...", flush=True)
         results[name] = run_variant(args, out, cached)
     ran = {name: trial_epochs(base / name) for name in results}
-    depths = sorted({t["depth"] for r in ran.values() for t in r if t["epochs"] > t["stage2_epoch"]})
-    rates = step_rates(args, depths)
+    blocks = sorted({t["blocks"] for r in ran.values() for t in r if t["epochs"] > t["stage2_epoch"]})
+    rates = step_rates(args, blocks)
     counts = split_counts(base / "no-cache")
 
     def priced(trials: list[dict], cached: bool) -> float:

@@ -47,23 +47,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _row_blocks(row: str) -> int:
+    """The bottleneck blocks a row's stage 2 trains: ``stage2-d<d>`` the last d stages' blocks,
+    ``stage2-b<k>`` the last k blocks; 0 for a row without stage 2."""
+    if row.startswith("stage2-d"):
+        return depth_blocks(int(row[len("stage2-d") :]))
+    if row.startswith("stage2-b"):
+        return int(row[len("stage2-b") :])
+    return 0
+
+
 def build_row(
     row: str, device: torch.device, *, cached: bool = False
 ) -> tuple[ClassifierModule, torch.optim.Optimizer]:
     """The module in training mode and its optimiser, staged as ``StagedFineTuning`` would stage it.
     ``cached``: the ResNet50 wrapped in ``CachedTail`` as a cached trial trains it (input: pooled features in
-    stage 1, the cut activations of its depth in stage 2)."""
+    stage 1, the cut activations below its trainable blocks in stage 2). Rows: ``cnn``, ``stage1``,
+    ``stage2-d<depth>`` and ``stage2-b<blocks>`` (the last k bottleneck blocks)."""
     if row == "cnn":
         module = ClassifierModule(network=build_network("cnn"), channels_last=True).to(device).train()
         return module, module.configure_optimizers()
     network = build_network("resnet50", weights="none", dropout=0.3)
-    depth = int(row[-1]) if row.startswith("stage2-d") else 1
-    model = CachedTail(network, depth_blocks(depth)) if cached else network
+    blocks = _row_blocks(row)
+    model = CachedTail(network, blocks or depth_blocks(1)) if cached else network
     module = ClassifierModule(network=model, lr=1e-3, channels_last=True).to(device).train()
     set_trainable([network.backbone], False)
     optimizer = module.configure_optimizers()  # head only, as in stage 1
-    if row.startswith("stage2-d"):
-        add_param_group(optimizer, unfreeze_stages(network, int(row[-1])), lr=1e-4)
+    if blocks:
+        add_param_group(optimizer, unfreeze_stages(network, 1, blocks=blocks), lr=1e-4)
     for bn in frozen_bn_modules(network, freeze_bn_stats=True):
         bn.eval()
     return module, optimizer
