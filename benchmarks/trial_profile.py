@@ -33,6 +33,7 @@ import torch
 from pytorch_lightning.profilers import SimpleProfiler
 
 from modules.feature_cache import FeatureCache
+from modules.finetune import add_param_group, frozen_bn_modules, set_trainable, unfreeze_stages
 from tuning import engine
 from tuning.backbone import build_cache, search_weights, with_batch_norm_statistics
 from tuning.cli import set_threads
@@ -151,12 +152,15 @@ def tight_loop(cfg: TrainConfig, data, weights, cache: FeatureCache, *, passes: 
         )
         dm.trainer = SimpleNamespace(current_epoch=key_epoch)  # the loaders of that epoch
         batches[key_epoch] = (list(dm.train_dataloader()), list(dm.val_dataloader()))
-    head = list(net.head.parameters())
-    tail = [p for m in net.block_modules(cfg.trainable_blocks) for p in m.parameters()]
-    opt1 = torch.optim.AdamW(head, lr=cfg.lr, fused=True)
-    opt2 = torch.optim.AdamW(
-        [{"params": head, "lr": cfg.lr}, {"params": tail, "lr": cfg.backbone_lr}], fused=True
+    # staged as StagedFineTuning stages a trial: the module's own optimiser (head), then the unfrozen blocks as
+    # a second group, and the batch norms the trial keeps in eval mode
+    set_trainable([net.backbone], False)
+    opt1 = module.configure_optimizers()
+    opt2 = module.configure_optimizers()
+    add_param_group(
+        opt2, unfreeze_stages(net, cfg.unfreeze_depth, blocks=cfg.unfreeze_blocks), lr=cfg.backbone_lr
     )
+    eval_bn = frozen_bn_modules(net, freeze_bn_stats=cfg.freeze_bn_stats)
     times = []
     for _ in range(passes):
         started = time.perf_counter()
@@ -165,6 +169,8 @@ def tight_loop(cfg: TrainConfig, data, weights, cache: FeatureCache, *, passes: 
             train, val = batches[cfg.stage2_epoch if stage2 else 0]
             opt = opt2 if stage2 else opt1
             net.train()
+            for bn in eval_bn:
+                bn.eval()
             for x, y in train:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     loss = loss_fn(net(x), y)
