@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from ray.tune import Checkpoint
 
 from modules.weights import resolve_weights
 from tests.helpers import TINY_SEARCH as TINY
 from tests.helpers import search_settings
 from tuning import search
 from tuning.cli import run_main
+from tuning.trainable import BEST_WEIGHTS
 
 
 def _run(args) -> int:
@@ -244,3 +246,88 @@ def test_a_tpe_search_tracked_in_mlflow(ray_local, search_phantom, tmp_path):
     assert Path(stored).read_bytes() == (run / "model.pt").read_bytes()
     # Ray Tune's TensorBoard logger writes every trial's results beside its result.json
     assert len(list((run / "ray" / "tune").glob("train_trial_*/events.out.tfevents.*"))) == 3
+
+
+def test_a_refit_that_would_repeat_the_best_trial_tests_its_weights_instead(
+    ray_local, search_phantom, tmp_path
+):
+    """--refit-on train with a constant learning rate: the refit would train the best trial's config on the
+    trial's images for its best epoch count; the trial's best-epoch weights (its one kept checkpoint) are tested
+    instead, and model.pt holds exactly them."""
+    run = tmp_path / "same"
+    args = ["--space", "baseline_cnn", "--data", str(search_phantom), "--num-samples", "2", "--max-epochs", "3",
+            "--grace-period", "3", "--refit-on", "train", "--out", str(run), *TINY]  # fmt: skip
+    assert _run(args) == 0
+    report = _check_run_folder(run)
+    best = report["best_trial"]
+    assert report["reused_trial"]["trial_id"] == best["trial_id"]
+    assert report["reused_trial"]["epochs"] == best["best_iteration"] == report["epochs_trained"]
+    assert report["best_epoch"] == best["best_iteration"] - 1 and report["time_s"]["fit"] == 0.0
+    assert report["selection"]["value"] == pytest.approx(best["best_value"])
+    kept = [p for p in (run / "ray").rglob(BEST_WEIGHTS) if best["trial_id"] in str(p)]
+    assert len(kept) == 1  # Tune keeps one checkpoint per trial: the latest new best
+    saved = torch.load(kept[0], weights_only=True)
+    assert saved["iteration"] == best["best_iteration"]
+    exported = torch.load(run / "model.pt", weights_only=True)["state_dict"]
+    assert exported.keys() == saved["state_dict"].keys()
+    assert all(torch.equal(exported[k], saved["state_dict"][k]) for k in exported)
+    logged = list(csv.DictReader((run / "metrics.csv").open()))
+    assert len(logged) == best["best_iteration"]  # the trial's curve up to its best epoch
+    assert float(logged[-1]["val/loss"]) == pytest.approx(best["best_value"])
+
+
+def _trial(tmp_path, *, iteration=3, history=((1, 0.9), (2, 0.8), (3, 0.7), (4, 0.75))):
+    folder = tmp_path / "ckpt"
+    folder.mkdir(exist_ok=True)
+    state = {"w": torch.ones(2)}
+    torch.save(
+        {"state_dict": state, "iteration": iteration, "metric": "val/loss", "value": 0.7},
+        folder / BEST_WEIGHTS,
+    )
+    best = min(history, key=lambda h: h[1])
+    return {"trial_id": "t1", "best_iteration": best[0], "history": list(history),
+            "checkpoint": Checkpoint.from_directory(str(folder)), "curves": {"val/loss": list(history)}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "trial_kwargs", "reused"),
+    [
+        (["--refit-on", "train"], {}, True),
+        (["--refit-on", "train+val"], {}, False),  # other images: the refit trains
+        (
+            ["--refit-on", "train", "--set", "scheduler=cosine"],
+            {},
+            False,
+        ),  # its curve depends on the epoch count
+        (
+            ["--refit-on", "train", "--metric", "val/auroc"],
+            {},
+            False,
+        ),  # the refit picks its epoch by val/loss
+        (["--refit-on", "train"], {"iteration": 2}, False),  # the kept checkpoint is not the best epoch
+        # early stopping (patience 2) would stop the refit at epoch 3, before the best epoch 4
+        (
+            ["--refit-on", "train", "--set", "patience=2"],
+            {"iteration": 4, "history": ((1, 0.5), (2, 0.6), (3, 0.7), (4, 0.4))},
+            False,
+        ),  # fmt: skip
+        (
+            ["--refit-on", "train", "--set", "patience=3"],
+            {"iteration": 4, "history": ((1, 0.5), (2, 0.6), (3, 0.7), (4, 0.4))},
+            True,
+        ),  # fmt: skip
+    ],
+)
+def test_a_refit_takes_the_trials_weights_only_when_it_would_repeat_that_trial(
+    tmp_path, argv, trial_kwargs, reused
+):
+    from tuning.refit import _refit_config, reusable_trial
+
+    s = search_settings("--space", "baseline_cnn", "--out", str(tmp_path / "run"), *argv)
+    trial = _trial(tmp_path, **trial_kwargs)
+    trial["config"] = {}
+    got = reusable_trial(s, trial, _refit_config(s, trial))
+    assert (got is not None) == reused
+    if reused:
+        assert got.epochs == trial["best_iteration"] and torch.equal(got.state_dict["w"], torch.ones(2))
+        assert got.curves["val/loss"][-1][0] == trial["best_iteration"]

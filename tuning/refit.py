@@ -19,7 +19,8 @@ from tuning.plots import plot_confusion, plot_roc, plot_roc_ovr, plot_trial_curv
 from tuning.provenance import versions
 from tuning.search_report import render_markdown, search_block, summary_table, write_trials_csv
 from tuning.settings import SearchSettings
-from tuning.training import run_training
+from tuning.trainable import BEST_WEIGHTS
+from tuning.training import ReusedTrial, run_training
 from tuning.tuner import collect_trials
 
 
@@ -110,13 +111,67 @@ def _refit_config(s: SearchSettings, trial: dict) -> TrainConfig:
     )
 
 
+def reusable_trial(s: SearchSettings, trial: dict, cfg: TrainConfig) -> ReusedTrial | None:
+    """The trial's best-epoch weights when a refit would repeat that trial exactly, else None.
+
+    Exactly: the refit trains on the train split alone (``--refit-on train``: the trial's images), with the
+    trial's config and seed, picks its epoch by the metric the search ranked on, and trains ``best_iteration``
+    epochs; a learning-rate schedule that does not depend on the epoch count (cosine schedules end at the last
+    epoch, so a shorter refit would follow another curve); and early stopping (``cfg.patience``) would not
+    have stopped the refit before that epoch. Then the refit's best epoch is the trial's best epoch, trained
+    on the same images the same way, and the trial's checkpoint (``EpochReport.keep_best``) is used. The trial
+    ran with ``--cpus-per-trial`` threads where the refit would use every core, so the weights can differ from
+    a retrained refit in the last bits of float arithmetic, not in what was trained."""
+    if s.refit_on != "train" or cfg.scheduler != "none" or cfg.monitor != s.metric:
+        return None
+    best = trial["best_iteration"]
+    if best is None or _early_stop_epoch(trial["history"], cfg.patience, cfg.monitor_mode) < best:
+        return None
+    checkpoint = trial.get("checkpoint")
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / BEST_WEIGHTS
+        if not path.is_file():
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("iteration") != best:
+        return None  # the kept checkpoint is not the best epoch (e.g. a trial restored mid-way)
+    curves = {
+        name: [(i, v) for i, v in points if i <= best] for name, points in trial.get("curves", {}).items()
+    }
+    return ReusedTrial(trial_id=trial["trial_id"], epochs=best, state_dict=saved["state_dict"], curves=curves)
+
+
+def _early_stop_epoch(history: list[tuple[int, float]], patience: int, mode: str) -> int:
+    """The training iteration after which Lightning's ``EarlyStopping`` (min_delta 0, this ``patience``) would
+    stop on this curve (a large number when it would not)."""
+    best, waited = None, 0
+    for iteration, value in history:
+        if best is None or (value < best if mode == "min" else value > best):
+            best, waited = value, 0
+        else:
+            waited += 1
+            if waited >= patience:
+                return iteration
+    return 1 << 30
+
+
 def _refit(
     s: SearchSettings, data, trial: dict, out_dir: Path, kind: str, weights, cache, outputs: dict, extra=None
 ) -> dict:
     """Train ``trial``'s config again (on ``s.refit_on``) into ``out_dir`` and test it once; ``outputs``
-    receives its test predictions."""
+    receives its test predictions. A refit that would repeat the trial exactly takes the trial's best-epoch
+    weights instead (``reusable_trial``) and is only tested."""
+    cfg = _refit_config(s, trial)
+    reused = reusable_trial(s, trial, cfg)
+    if reused is not None:
+        print(
+            f"trial {trial['trial_id']}'s best epoch ({reused.epochs}) is what this refit would train again "
+            "(same images, config, seed and epochs): testing its weights instead"
+        )
     return run_training(
-        _refit_config(s, trial),
+        cfg,
         data,
         out_dir,
         command=s.command,
@@ -127,6 +182,7 @@ def _refit(
         test_outputs=outputs,
         extra_report=extra,
         train_on=s.refit_on,
+        reused=reused,
     )
 
 

@@ -46,6 +46,7 @@ def run_training(
     cache=None,
     test_outputs: dict | None = None,
     train_on: str = "train",
+    reused: ReusedTrial | None = None,
 ) -> dict:
     """Train, select the best epoch on validation, test it once, write the run folder; returns the report.
 
@@ -55,7 +56,12 @@ def run_training(
     ``cache``: a ``FeatureCache`` over these images; when it fits ``cfg`` (see ``tuning.engine.cache_fits``),
     only the part above the frozen layers trains, on the cached outputs, as in the search's trials. The
     exported checkpoint is the whole network either way. ``test_outputs``: filled with the test outputs
-    (``ClassifierModule.test_outputs``: probabilities and labels in the order of the test images)."""
+    (``ClassifierModule.test_outputs``: probabilities and labels in the order of the test images).
+
+    ``reused``: the best-epoch weights of a search trial this run would repeat exactly (``tuning.refit``):
+    nothing trains; the network takes those weights, ``metrics.csv`` holds the trial's curves up to that epoch,
+    and the exported checkpoint is tested as ``tuning.evaluate`` would score it (the whole network on the test
+    images, with flip TTA when the config asks for it)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     engine.quiet_lightning()
@@ -66,12 +72,15 @@ def run_training(
     validate = train_on == "train"
     module, weights, dm, cached = _build_run(cfg, data, train_on, backbone_state=backbone_state, cache=cache)
     tested = "test" in data.splits  # a final fit on every image has no test split
-    fit = _fit_and_test(
-        cfg, module, dm, out, progress=progress, cached=cached, validate=validate, test=tested
-    )
+    if reused is not None:
+        fit = _take_trial(cfg, module, reused, out)
+    else:
+        fit = _fit_and_test(
+            cfg, module, dm, out, progress=progress, cached=cached, validate=validate, test=tested
+        )
     _export_checkpoint(out, module.network, cfg, data, weights=weights, best_epoch=fit.best_epoch)
-    if tested and cfg.tta == "flip":
-        module.test_outputs = _flip_test_outputs(out / "model.pt", data)
+    if tested and (cfg.tta == "flip" or reused is not None):
+        module.test_outputs = _checkpoint_test_outputs(out / "model.pt", data, flip=cfg.tta == "flip")
     if test_outputs is not None and tested:
         test_outputs.update(module.test_outputs)
     if tested:
@@ -95,6 +104,13 @@ def run_training(
         ),
         **(extra_report or {}),
     }
+    if reused is not None:
+        report["reused_trial"] = {
+            "trial_id": reused.trial_id,
+            "epochs": reused.epochs,
+            "why": "a refit would repeat this trial exactly (same images, config, seed and epochs): its best "
+            "epoch's weights were tested instead of training them again",
+        }
     atomic_write_json(out / "report.json", report)
     return report
 
@@ -110,6 +126,17 @@ def _build_run(cfg: TrainConfig, data: PreparedData, train_on: str, *, backbone_
         trained = [image for image, split in zip(trial_data.images, splits, strict=True) if split == "train"]
         backbone_state = calibrated(random_weights(cfg.seed), cfg, trained)
     return engine.build_run(cfg, trial_data, backbone_state=backbone_state, cache=serving)
+
+
+@dataclass(frozen=True)
+class ReusedTrial:
+    """A search trial's best epoch, to be tested instead of retrained: its id, the epochs it had trained, the
+    network's weights after them, and its curves ({Lightning metric name: [(training_iteration, value)]})."""
+
+    trial_id: str
+    epochs: int
+    state_dict: dict
+    curves: dict
 
 
 @dataclass(frozen=True)
@@ -177,13 +204,32 @@ def _fit_and_test(
     return _Fit(best_epoch, _float(checkpoint.best_model_score), trainer.current_epoch, fit_seconds)
 
 
-def _flip_test_outputs(checkpoint: Path, data: PreparedData) -> dict:
-    """The test outputs of the exported checkpoint (the tested epoch, the whole network) with left-right flip
-    test-time augmentation, as ``tuning.evaluate`` and ``tuning.predict`` compute them from that file."""
+def _take_trial(cfg: TrainConfig, module, reused: ReusedTrial, out: Path) -> _Fit:
+    """Load a trial's best-epoch weights into ``module.network`` and write its curves as ``out/metrics.csv``
+    (Lightning's CSVLogger layout: epoch counted from 0, one row per epoch)."""
+    module.network.load_state_dict(reused.state_dict)
+    names = sorted(reused.curves)
+    rows = {}
+    for name in names:
+        for iteration, value in reused.curves[name]:
+            rows.setdefault(iteration, {})[name] = value
+    lines = [",".join(["epoch", *names])]
+    for iteration in sorted(rows):
+        values = [rows[iteration].get(name) for name in names]
+        lines.append(",".join([str(iteration - 1), *("" if v is None else repr(v) for v in values)]))
+    atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
+    monitored = dict(reused.curves.get(cfg.monitor, []))
+    return _Fit(reused.epochs - 1, monitored.get(reused.epochs), reused.epochs, 0.0)
+
+
+def _checkpoint_test_outputs(checkpoint: Path, data: PreparedData, *, flip: bool) -> dict:
+    """The test outputs of the exported checkpoint (the tested epoch, the whole network), with left-right flip
+    test-time augmentation when ``flip``, as ``tuning.evaluate`` and ``tuning.predict`` compute them from that
+    file."""
     network, meta = load_classifier(checkpoint)
     test = data.indices("test")
     pixels = [data.images.records[i].pixels for i in test]
-    probs = torch.from_numpy(predict_probabilities(network, pixels, eval_transform(meta), flip=True))
+    probs = torch.from_numpy(predict_probabilities(network, pixels, eval_transform(meta), flip=flip))
     outputs = {"probs_all": probs, "labels": torch.from_numpy(data.images.targets[test])}
     if data.positive is not None:
         outputs["probs"] = probs[:, data.positive]

@@ -13,6 +13,7 @@ from modules.dataset import PreparedData
 from modules.weights import WeightsState
 from search_spaces import to_tune
 from tuning.asha import ResumableASHA
+from tuning.config import TUNE_METRICS
 from tuning.progress import TrialEvents
 from tuning.ray_runtime import StoredCache
 from tuning.search_alg import make_search_alg
@@ -58,7 +59,12 @@ def make_tuner(
     base = {**s.base, "max_epochs": s.max_epochs, "seed": s.seed}
     # trials get the train and val images only: the test images are not in their data, and masked in the cache
     shared = SharedCache(cache.ref, data.splits) if cache is not None else None
-    fn = trainable(data.trial_data(exclude_test=True), base, weights, resources, cache=shared)
+    # a refit on the train split alone may repeat the best trial exactly: trials then keep their best epoch's
+    # weights (one checkpoint per new best) for the refit to use instead (tuning.refit.reusable_trial)
+    keep_best = (s.metric, mode) if s.refit_on == "train" else None
+    fn = trainable(
+        data.trial_data(exclude_test=True), base, weights, resources, cache=shared, keep_best=keep_best
+    )
     path = experiment_path(s)
     if resume and tune.Tuner.can_restore(path):
         # the scheduler, searcher and callbacks come back from the saved experiment; ASHA's rung records are
@@ -147,9 +153,26 @@ def collect_trials(grid, *, metric: str, mode: str) -> list[dict]:
                 "compute_s": round(float(metrics.get("compute_s") or 0.0), 2),
                 "cached": bool(metrics.get("cached", 0)),
                 "error": _error_text(result.error),
+                # the latest checkpoint Tune kept (with keep_best: the best epoch's weights), or None
+                "checkpoint": result.checkpoint,
+                "curves": _curves(df),
             }
         )
     return sorted(trials, key=lambda t: t["trial_id"])
+
+
+def _curves(df) -> dict[str, list[tuple[int, float]]]:
+    """{Lightning metric name: [(training_iteration, value), ...]} of every metric trials report."""
+    if df is None or "training_iteration" not in df.columns:
+        return {}
+    out = {}
+    for tune_name, name in TUNE_METRICS.items():
+        if tune_name in df.columns:
+            rows = df.dropna(subset=[tune_name])
+            out[name] = [
+                (int(i), float(v)) for i, v in zip(rows["training_iteration"], rows[tune_name], strict=True)
+            ]
+    return out
 
 
 def _plain(v):
