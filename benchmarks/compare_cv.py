@@ -2,8 +2,10 @@
 
     python -m benchmarks.compare_cv results/brain_mri/resnet_stage1 results/brain_mri/levers/stage1-crop
     python -m benchmarks.compare_cv --markdown REFERENCE RUN [RUN ...]   # a table, one row per run
+    python -m benchmarks.compare_cv results/brain_mri/external_sartaj results/brain_mri/external_sartaj2
 
-Both runs must have scored the same images (``predictions.csv`` of ``--cv`` runs). The difference B - A of
+Both runs must have scored the same images: the ``predictions.csv`` of two ``--cv`` runs, or of two
+``tuning.evaluate`` runs (two models scored on one other collection). The difference B - A of
 each headline metric is computed on the same resamples of whole duplicate groups (2000, seeded): what it
 resamples is the images (by group) of one pair of runs, so its interval says how much of the difference the
 luck of which images were drawn could explain. It does not resample the runs: the run-to-run spread of a
@@ -25,15 +27,28 @@ import numpy as np
 from modules.statistics import BINARY_SCORES, MULTI_SCORES, scores
 from tuning.formatting import fmt_ci
 
+KINDS = ("cv", "evaluate")
+
 
 def _load(run: Path) -> tuple[dict, dict[str, dict]]:
     report = json.loads((run / "report.json").read_text())
-    if report.get("kind") != "cv":
+    if report.get("kind") not in KINDS:
         raise ValueError(
-            f"{run}: not a cross-validated run (report kind {report.get('kind')!r}); expected --cv"
+            f"{run}: report kind {report.get('kind')!r}; expected a cross-validated run (--cv) or a "
+            "tuning.evaluate run"
         )
     with open(run / "predictions.csv", newline="") as fh:
         rows = {r["path"]: r for r in csv.DictReader(fh)}
+    if rows and "group" not in next(iter(rows.values())):
+        raise ValueError(
+            f"{run}/predictions.csv has no group column (written before evaluate recorded groups); score the "
+            "model again with tuning.evaluate"
+        )
+    if report["kind"] == "evaluate":
+        # an evaluation's headline block is "test" where a cross-validation's is "pooled"
+        report = {**report, "metrics": {**report["metrics"], "pooled": report["metrics"]["test"]}}
+        report["data"] = {**report["data"], "classes": report["model"]["classes"]}
+        report["data"].setdefault("positive_class", report["model"].get("positive_class"))
     return report, rows
 
 
@@ -58,6 +73,10 @@ def _probs(row: dict, classes: list[str]) -> list[float]:
 def compare(a: Path, b: Path, *, n_boot: int = 2000, seed: int = 0) -> dict:
     rep_a, rows_a = _load(a)
     rep_b, rows_b = _load(b)
+    if rep_a["kind"] != rep_b["kind"]:
+        raise ValueError(
+            f"{a} is a {rep_a['kind']} run and {b} a {rep_b['kind']} run; compare like with like"
+        )
     if set(rows_a) != set(rows_b):
         raise ValueError(f"{a} and {b} scored different images ({len(rows_a)} vs {len(rows_b)})")
     if rep_a["data"]["fingerprint"] != rep_b["data"]["fingerprint"]:
@@ -109,7 +128,7 @@ def table(reference: Path, runs: list[Path]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for run in [reference, *runs]:
-        m = json.loads((run / "report.json").read_text())
+        m, _ = _load(run)
         pooled = m["metrics"]["pooled"]
         auc_key = "auroc" if pooled.get("auroc") is not None else "auroc_macro"
         if run == reference:

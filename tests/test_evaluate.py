@@ -149,3 +149,37 @@ def test_an_ensemble_of_checkpoints_scores_the_mean_of_their_probabilities(run, 
     assert (tmp_path / "two" / "predictions.csv").read_text() == (
         tmp_path / "one" / "predictions.csv"
     ).read_text()
+
+
+def test_two_models_scored_on_one_set_compare_paired_by_group(run, test_split, tmp_path):
+    """predictions.csv records each image's class index and group, so compare_cv pairs two evaluations of the
+    same images (resampling the groups the intervals resample); a cross-validation is not paired with one."""
+    import torch
+
+    from benchmarks.compare_cv import compare
+
+    saved = torch.load(run.checkpoint, weights_only=True)
+    bias = [k for k in saved["state_dict"] if k.endswith("bias")][-1]  # the last layer's: shifts every logit
+    saved["state_dict"][bias] = saved["state_dict"][bias] + torch.tensor([2.0, -2.0])
+    other = tmp_path / "other.pt"
+    torch.save(saved, other)
+    a = evaluation.run_evaluation(run.checkpoint, test_split, tmp_path / "a", command="a")
+    b = evaluation.run_evaluation(other, test_split, tmp_path / "b", command="b")
+    with open(tmp_path / "a" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    classes = a["model"]["classes"]
+    assert all(classes[int(r["target"])] == r["label"] for r in rows)
+    assert len({r["group"] for r in rows}) == a["metrics"]["test"]["groups"]
+    result = compare(tmp_path / "a", tmp_path / "b")
+    assert result["n"] == len(rows) and result["groups"] == a["metrics"]["test"]["groups"]
+    acc = result["metrics"]["accuracy"]
+    assert acc["a"] == pytest.approx(a["metrics"]["test"]["accuracy"])
+    assert acc["b"] == pytest.approx(b["metrics"]["test"]["accuracy"])
+    assert acc["difference"] == pytest.approx(acc["b"] - acc["a"])
+    assert acc["b"] == pytest.approx(sum(r["label"] == "no" for r in rows) / len(rows))  # pushed to "no"
+    cv = tmp_path / "cv"
+    shutil.copytree(tmp_path / "b", cv)
+    report = json.loads((cv / "report.json").read_text())
+    (cv / "report.json").write_text(json.dumps({**report, "kind": "cv"}))
+    with pytest.raises(ValueError, match="compare like with like"):
+        compare(tmp_path / "a", cv)

@@ -37,16 +37,29 @@ from tuning.provenance import versions
 
 
 def _predictions_csv(
-    paths: list[str], labels: list[str], probs_all: np.ndarray, pred: list[str], classes: list[str], pos
+    paths: list[str],
+    labels: list[str],
+    probs_all: np.ndarray,
+    pred: list[str],
+    classes: list[str],
+    pos,
+    *,
+    targets,
+    groups: list[str],
 ) -> str:
     """One row per image: path, true label, the positive class's probability (``probability``, two classes
-    only, empty otherwise), the predicted class and ``prob_<class>`` for every class."""
+    only, empty otherwise), the predicted class, ``prob_<class>`` for every class, then the true class's index
+    (``target``) and the image's group (``group``: copies, patients, volumes, as the intervals resample them),
+    so that ``benchmarks.compare_cv`` can pair two models scored on the same images."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "label", "probability", "predicted", *[f"prob_{c}" for c in classes]])
-    for path, label, row, predicted in zip(paths, labels, probs_all, pred, strict=True):
+    writer.writerow(
+        ["path", "label", "probability", "predicted", *[f"prob_{c}" for c in classes], "target", "group"]
+    )
+    rows = zip(paths, labels, probs_all, pred, targets, groups, strict=True)
+    for path, label, row, predicted, target, group in rows:
         positive = "" if pos is None else f"{row[pos]:.6f}"
-        writer.writerow([path, label, positive, predicted, *[f"{p:.6f}" for p in row]])
+        writer.writerow([path, label, positive, predicted, *[f"{p:.6f}" for p in row], int(target), group])
     return buf.getvalue()
 
 
@@ -83,11 +96,11 @@ def run_evaluation(
     recs = [images.records[i] for i in keep]
     probs_all, y, test, pred = _score(models, meta, recs, threshold=threshold, batch_size=batch_size)
     kept_subjects = [subjects[i] for i in keep]
-    _group_intervals(test, probs_all, y, recs, kept_subjects, meta, threshold=near_threshold)
+    groups = _group_intervals(test, probs_all, y, recs, kept_subjects, meta, threshold=near_threshold)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plots = _write_predictions(out, meta, recs, probs_all, pred, y, test)
+    plots = _write_predictions(out, meta, recs, probs_all, pred, y, test, groups)
     synthetic = bool(notes and _trained_on(meta).get("synthetic"))
     report = {
         "kind": "evaluate",
@@ -198,10 +211,10 @@ def _score(models: list, meta: dict, recs: list[ImageRecord], *, threshold: floa
 
 def _group_intervals(
     test: dict, probs, y, recs: list[ImageRecord], subjects: list[str], meta: dict, *, threshold: float
-) -> None:
+) -> list[str]:
     """Replace ``test``'s intervals by a bootstrap over the scored images' groups (exact and near copies and
     ``subjects``, as the training protocol groups them); the image-level ones stay under
-    ``*_ci95_independent``."""
+    ``*_ci95_independent``. Returns each scored image's group."""
     groups = group_duplicates(
         [r.sha256 for r in recs],
         [r.pixels for r in recs],
@@ -221,10 +234,18 @@ def _group_intervals(
         f"{len(recs)} scored images "
         f"({N_BOOT} resamples of whole groups)"
     )
+    return list(groups)
 
 
 def _write_predictions(
-    out: Path, meta: dict, recs: list[ImageRecord], probs_all: np.ndarray, pred: list[str], y, test: dict
+    out: Path,
+    meta: dict,
+    recs: list[ImageRecord],
+    probs_all: np.ndarray,
+    pred: list[str],
+    y,
+    test: dict,
+    groups: list[str],
 ) -> list:
     """``predictions.csv``, the confusion matrix and the ROC (one-vs-rest for more than two classes) under
     ``out``; returns the plots written (None for one left out)."""
@@ -232,7 +253,14 @@ def _write_predictions(
     atomic_write_text(
         out / "predictions.csv",
         _predictions_csv(
-            [display_path(r.path) for r in recs], [r.label for r in recs], probs_all, pred, classes, pos
+            [display_path(r.path) for r in recs],
+            [r.label for r in recs],
+            probs_all,
+            pred,
+            classes,
+            pos,
+            targets=y,
+            groups=groups,
         ),
     )
     return [
