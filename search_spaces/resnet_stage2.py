@@ -1,7 +1,9 @@
 """ResNet50 in two stages: head first, then the last residual stages unfrozen at their own learning rate.
 
 Every scan is cut to the head's bounding box before resizing (``crop: "brain"``): on the real set this raised
-the grouped-CV accuracy and AUC of the frozen-feature model (results/brain_mri/LEVERS.md); the rest is sampled.
+the grouped-CV accuracy and AUC of the frozen-feature model (results/brain_mri/LEVERS.md). The reported
+predictions are the mean over each scan and its left-right mirror (``tta``'s default, ``flip``; the trials do
+not see it): it passed the second round of levers there. The rest is sampled.
 """
 
 SPEC = {
