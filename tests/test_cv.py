@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from modules.checkpoint import eval_transform, load_classifier, predict_probabilities
+from modules.checkpoint import eval_transform, load_classifier, predict_probabilities, uses_flip_tta
 from modules.dataset import prepare_data
 from modules.ingest import load_image_set
 from modules.split import groups_across_splits
@@ -148,10 +148,12 @@ def test_cv_search_end_to_end_then_resume_keeps_finished_folds(ray_local, search
         tested = {r["path"] for r in rows if r["fold"] == str(f)}
         assert tested == {p for p, s in split.items() if s == "test"}
     # the refit trained on the cache, yet its checkpoint is the whole network: it predicts what the fold said
+    # (with the test-time augmentation the checkpoint names)
     network, meta = load_classifier(run / "fold-1" / "model.pt")
     by_path = {r.path: r.pixels for r in images.records}
     fold1 = [r for r in rows if r["fold"] == "1"]
-    probs = predict_probabilities(network, [by_path[r["path"]] for r in fold1], eval_transform(meta))
+    pixels = [by_path[r["path"]] for r in fold1]
+    probs = predict_probabilities(network, pixels, eval_transform(meta), flip=uses_flip_tta(meta))
     assert np.allclose(probs[:, 1], [float(r["prob_yes"]) for r in fold1], atol=2e-2)
     capsys.readouterr()
 

@@ -321,12 +321,12 @@ def _trial(tmp_path, *, iteration=3, history=((1, 0.9), (2, 0.8), (3, 0.7), (4, 
 def test_a_refit_takes_the_trials_weights_only_when_it_would_repeat_that_trial(
     tmp_path, argv, trial_kwargs, reused
 ):
-    from tuning.refit import _refit_config, reusable_trial
+    from tuning.refit import refit_config, reusable_trial
 
     s = search_settings("--space", "baseline_cnn", "--out", str(tmp_path / "run"), *argv)
     trial = _trial(tmp_path, **trial_kwargs)
     trial["config"] = {}
-    got = reusable_trial(s, trial, _refit_config(s, trial))
+    got = reusable_trial(s, trial, refit_config(s, trial))
     assert (got is not None) == reused
     if reused:
         assert got.epochs == trial["best_iteration"] and torch.equal(got.state_dict["w"], torch.ones(2))

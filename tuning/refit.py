@@ -44,7 +44,7 @@ def refit_and_report(
     if not ranked:
         return None
     best = ranked[0]
-    best_cfg = _refit_config(s, best)
+    best_cfg = refit_config(s, best)
     print(
         f"\nbest trial {best['trial_id']}: {metric} {best['best_value']:.4f} at epoch {best['best_iteration']}; "
         f"refitting it for {best_cfg.max_epochs} epochs on the {s.refit_on} images of the same split, then "
@@ -104,7 +104,7 @@ def _search_extra(
     }
 
 
-def _refit_config(s: SearchSettings, trial: dict) -> TrainConfig:
+def refit_config(s: SearchSettings, trial: dict) -> TrainConfig:
     # threads 0: the refit runs alone in the driver and may use every core (trials got --cpus-per-trial)
     return TrainConfig.from_dict(
         {**s.base, **trial["config"], "seed": s.seed, "max_epochs": trial["best_iteration"], "threads": 0}
@@ -163,7 +163,7 @@ def _refit(
     """Train ``trial``'s config again (on ``s.refit_on``) into ``out_dir`` and test it once; ``outputs``
     receives its test predictions. A refit that would repeat the trial exactly takes the trial's best-epoch
     weights instead (``reusable_trial``) and is only tested."""
-    cfg = _refit_config(s, trial)
+    cfg = refit_config(s, trial)
     reused = reusable_trial(s, trial, cfg)
     if reused is not None:
         print(
