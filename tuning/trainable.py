@@ -21,6 +21,9 @@ from tuning import engine
 from tuning.cli import set_threads
 from tuning.config import TUNE_METRICS, TrainConfig
 
+# the file in a trial's checkpoint (EpochReport.keep_best): {"state_dict", "iteration", "metric", "value"}
+BEST_WEIGHTS = "best_weights.pt"
+
 
 class EpochReport(TuneReportCheckpointCallback):
     """Tune's Lightning callback, plus the epoch, the node the trial runs on (placement on a cluster) and
@@ -86,11 +89,6 @@ class EpochReport(TuneReportCheckpointCallback):
             return None
         self._best = value
         return value
-
-
-BEST_WEIGHTS = (
-    "best_weights.pt"  # the file in a trial's checkpoint: {"state_dict", "iteration", "metric", "value"}
-)
 
 
 class SharedCache:

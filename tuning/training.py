@@ -5,7 +5,9 @@ epoch on validation, evaluate that checkpoint once on the test split, and write 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import shutil
 import time
 from dataclasses import dataclass
@@ -208,16 +210,15 @@ def _take_trial(cfg: TrainConfig, module, reused: ReusedTrial, out: Path) -> _Fi
     """Load a trial's best-epoch weights into ``module.network`` and write its curves as ``out/metrics.csv``
     (Lightning's CSVLogger layout: epoch counted from 0, one row per epoch)."""
     module.network.load_state_dict(reused.state_dict)
-    names = sorted(reused.curves)
-    rows = {}
-    for name in names:
-        for iteration, value in reused.curves[name]:
-            rows.setdefault(iteration, {})[name] = value
-    lines = [",".join(["epoch", *names])]
-    for iteration in sorted(rows):
-        values = [rows[iteration].get(name) for name in names]
-        lines.append(",".join([str(iteration - 1), *("" if v is None else repr(v) for v in values)]))
-    atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
+    rows: dict[int, dict] = {}
+    for name, points in reused.curves.items():
+        for iteration, value in points:
+            rows.setdefault(iteration, {"epoch": iteration - 1})[name] = value
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["epoch", *sorted(reused.curves)], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows[i] for i in sorted(rows))
+    atomic_write_text(out / "metrics.csv", buf.getvalue())
     monitored = dict(reused.curves.get(cfg.monitor, []))
     return _Fit(reused.epochs - 1, monitored.get(reused.epochs), reused.epochs, 0.0)
 

@@ -124,15 +124,11 @@ def collect_trials(grid, *, metric: str, mode: str) -> list[dict]:
     trials = []
     for result in grid:
         df = result.metrics_dataframe
-        history: list[tuple[int, float]] = []
+        curves = _curves(df)
+        history = curves.get(TUNE_METRICS[metric], [])
         node = None
-        if df is not None and metric in df.columns:
-            rows = df.dropna(subset=[metric])
-            history = [
-                (int(i), float(v)) for i, v in zip(rows["training_iteration"], rows[metric], strict=True)
-            ]
-            if "node_id" in df.columns and len(df):
-                node = str(df["node_id"].iloc[-1])
+        if df is not None and metric in df.columns and "node_id" in df.columns and len(df):
+            node = str(df["node_id"].iloc[-1])
         best_iter, best_value = (None, None)
         if history:
             pick = min if mode == "min" else max
@@ -155,14 +151,15 @@ def collect_trials(grid, *, metric: str, mode: str) -> list[dict]:
                 "error": _error_text(result.error),
                 # the latest checkpoint Tune kept (with keep_best: the best epoch's weights), or None
                 "checkpoint": result.checkpoint,
-                "curves": _curves(df),
+                "curves": curves,
             }
         )
     return sorted(trials, key=lambda t: t["trial_id"])
 
 
 def _curves(df) -> dict[str, list[tuple[int, float]]]:
-    """{Lightning metric name: [(training_iteration, value), ...]} of every metric trials report."""
+    """{Lightning metric name: [(training_iteration, value), ...]} of every metric trials report (the ranked
+    metric's is the trial's ``history``)."""
     if df is None or "training_iteration" not in df.columns:
         return {}
     out = {}
